@@ -1,0 +1,107 @@
+"""Building blocks shared by the autoencoder and the UNet.
+
+Kernels carry logical axis names (``nn.with_logical_partitioning``) so the
+mesh rules in the config, not the modules, decide how parameters are sharded.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dense(features: int, axes=("embed", "mlp"), name=None) -> nn.Dense:
+  return nn.Dense(
+      features,
+      kernel_init=nn.with_logical_partitioning(
+          nn.initializers.lecun_normal(), axes),
+      name=name)
+
+
+def conv(features: int, kernel: int = 3, stride: int = 1, zero=False,
+         name=None) -> nn.Conv:
+  init = (nn.initializers.zeros if zero
+          else nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"))
+  return nn.Conv(
+      features, (kernel, kernel), strides=(stride, stride),
+      kernel_init=nn.with_logical_partitioning(
+          init, ("conv_h", "conv_w", "conv_in", "conv_out")),
+      name=name)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=min(8, channels))
+
+
+class ResBlock(nn.Module):
+  """Pre-norm residual conv block, optionally modulated by an embedding."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x, emb=None):
+    h = conv(self.features)(nn.swish(group_norm(x.shape[-1])(x)))
+    if emb is not None:
+      scale_shift = dense(2 * self.features)(nn.swish(emb))
+      scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
+      h = group_norm(self.features)(h) * (1 + scale) + shift
+    else:
+      h = group_norm(self.features)(h)
+    h = conv(self.features, zero=True)(nn.swish(h))
+    if x.shape[-1] != self.features:
+      x = conv(self.features, kernel=1)(x)
+    return x + h
+
+
+class Attention(nn.Module):
+  """Multi-head attention; ``bias`` is added to the logits (e.g. positions)."""
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x, context=None, context_mask=None, bias=None):
+    context = x if context is None else context
+    width = x.shape[-1]
+    head = width // self.num_heads
+    q = dense(width, name="query")(x)
+    k = dense(width, name="key")(context)
+    v = dense(width, name="value")(context)
+    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head))
+    q, k, v = split(q), split(k), split(v)
+    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(head)
+    if bias is not None:
+      logits = logits + bias
+    if context_mask is not None:
+      keep = context_mask[..., None, None, :] > 0
+      logits = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    out = out.reshape(out.shape[:-2] + (width,))
+    return nn.Dense(
+        width, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, ("mlp", "embed")), name="out")(out)
+
+
+class FeedForward(nn.Module):
+  mult: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    h = nn.gelu(dense(width * self.mult)(x))
+    return nn.Dense(
+        width, kernel_init=nn.with_logical_partitioning(
+            nn.initializers.zeros, ("mlp", "embed")))(h)
+
+
+class SpatialTransformer(nn.Module):
+  """Self-attention within a frame, then cross-attention to text tokens."""
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x, text, text_mask):
+    b, h, w, c = x.shape
+    t = x.reshape(b, h * w, c)
+    t = t + Attention(self.num_heads, name="self_attn")(nn.LayerNorm()(t))
+    ctx = dense(c, axes=("text", "embed"), name="text_proj")(text)
+    t = t + Attention(self.num_heads, name="cross_attn")(
+        nn.LayerNorm()(t), context=ctx, context_mask=text_mask)
+    t = t + FeedForward()(nn.LayerNorm()(t))
+    return t.reshape(b, h, w, c)
