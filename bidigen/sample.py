@@ -1,0 +1,207 @@
+"""Recursive bidirectional expansion, as one jitted program.
+
+A first window F-h..F+h is denoised around F0. Each expansion step then
+denoises a forward window (its first ``context`` frames already known) and a
+backward window (its last ``context`` frames known) as one batch, and writes
+both into a frame buffer; a ``lax.scan`` runs the steps, with the DDIM loop
+scanned inside. F0's latent conditions every window as a global anchor.
+Noise is drawn per sample key and frame offset, so the same seed gives the
+same frames however the batch is split over devices.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bidigen import diffusion
+from bidigen import sharding
+
+# fold_in takes unsigned data; offsets are shifted to stay non-negative.
+_OFFSET_BASE = 1 << 20
+
+
+def plan(frames_before: int, frames_after: int, window: int, context: int):
+  """(half window, new frames per step, expansion steps, buffer side)."""
+  half = window // 2
+  new = window - context
+  need = max(frames_before, frames_after)
+  steps = max(0, -(-(need - half) // new))
+  return half, new, steps, half + steps * new
+
+
+def frame_noise(keys, offsets, shape):
+  """Standard normal noise for each (sample key, frame offset)."""
+  one = lambda k, o: jax.random.normal(
+      jax.random.fold_in(k, o + _OFFSET_BASE), shape)
+  return jax.vmap(jax.vmap(one, (None, 0)), (0, 0))(keys, offsets)
+
+
+def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
+           vae, unet, window: int, context: int, frames_before: int,
+           frames_after: int, steps: int, guidance: float,
+           use_scan: bool = True):
+  """Generates frames F-N..F+M around each image.
+
+  Args: images [B, H, W, 3] in [-1, 1]; keys [B] (one PRNG key per sample);
+  text/text_mask the prompt's tokens [B, L, D] / [B, L]; null_* the empty
+  prompt's, for guidance. Returns uint8 frames [B, N + 1 + M, H, W, 3] whose
+  F0 is the input image itself.
+  """
+  b = images.shape[0]
+  scale = params["latent_scale"]
+  anchor = vae.apply(params["vae"], images, method=vae.encode)[0] * scale
+  lat = anchor.shape[1:]
+  half, new, n_steps, side = plan(frames_before, frames_after, window,
+                                  context)
+  denoise = functools.partial(
+      diffusion.denoise_window, unet.apply, params["unet"], steps=steps,
+      guidance=guidance, use_scan=use_scan)
+  idx = jnp.arange(window)
+
+  # The first window, centred on F0.
+  offsets = jnp.broadcast_to(idx - half, (b, window))
+  known = jnp.broadcast_to((idx == half).astype(jnp.float32), (b, window))
+  first = denoise(frame_noise(keys, offsets, lat),
+                  jnp.broadcast_to(anchor[:, None], (b, window) + lat),
+                  known, anchor, offsets, text, text_mask, null_text,
+                  null_mask)
+  buffer = jnp.zeros((b, 2 * side + 1) + lat)
+  buffer = jax.lax.dynamic_update_slice_in_dim(buffer, first, side - half, 1)
+
+  # Both directions as one batch of 2B windows per expansion step.
+  two = lambda a: jnp.concatenate([a, a], axis=0)
+  known2 = jnp.concatenate([
+      jnp.broadcast_to((idx < context).astype(jnp.float32), (b, window)),
+      jnp.broadcast_to((idx >= window - context).astype(jnp.float32),
+                       (b, window))])
+
+  def step(buffer, s):
+    fwd = side + half - context + 1 + s * new
+    bwd = side - (half - context + window + s * new)
+    ctx = jnp.concatenate([
+        jax.lax.dynamic_slice_in_dim(buffer, fwd, window, 1),
+        jax.lax.dynamic_slice_in_dim(buffer, bwd, window, 1)])
+    offs = jnp.concatenate([jnp.broadcast_to(fwd - side + idx, (b, window)),
+                            jnp.broadcast_to(bwd - side + idx, (b, window))])
+    out = denoise(frame_noise(two(keys), offs, lat), ctx, known2, two(anchor),
+                  offs, two(text), two(text_mask), two(null_text),
+                  two(null_mask))
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out[:b], fwd, 1)
+    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out[b:], bwd, 1)
+    return buffer, None
+
+  if use_scan:
+    buffer, _ = jax.lax.scan(step, buffer, jnp.arange(n_steps))
+  else:
+    for s in range(n_steps):
+      buffer, _ = step(buffer, s)
+
+  total = frames_before + 1 + frames_after
+  lats = buffer[:, side - frames_before:side + frames_after + 1] / scale
+  frames = vae.apply(params["vae"], lats.reshape((b * total,) + lat),
+                     method=vae.decode).reshape((b, total) + images.shape[1:])
+  frames = frames.at[:, frames_before].set(images)
+  return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
+def make_sampler(mesh, *, vae, unet, batch: int, **kwargs):
+  """``expand`` jitted once: samples split over the mesh when they divide
+  evenly, parameters replicated."""
+  rep = sharding.replicated(mesh)
+  data = (sharding.batch_sharding(mesh) if batch % mesh.devices.size == 0
+          else rep)
+  fn = functools.partial(expand, vae=vae, unet=unet, **kwargs)
+  return jax.jit(fn, in_shardings=(rep, data, data, data, data, data, data),
+                 out_shardings=data)
+
+
+def sample_keys(seed: int, batch: int):
+  """Sample i of a run with seed S uses fold_in(key(S), i)."""
+  root = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(root, i))(np.arange(batch))
+
+
+class Generator:
+  """A loaded model, ready to sample: what the CLI, GUI and Colab share.
+
+  Loads weights and the text encoder once; each distinct (frames, steps,
+  guidance, batch) setting compiles once and is reused.
+  """
+
+  def __init__(self, checkpoint: str | None = None, mesh=None):
+    from bidigen import checkpoints, models, text
+    self.config, self.params = checkpoints.load_model(checkpoint)
+    self.mesh = mesh or sharding.make_mesh([("data", -1)])
+    self.vae, self.unet = models.build(self.config.model)
+    self.resolution = self.config.data.resolution
+    mt = self.config.model.text
+    self.encoder = text.load_text_encoder(mt.kind, mt.path, mt.max_length)
+    self.params = jax.device_put(self.params,
+                                 sharding.replicated(self.mesh))
+    self._compiled = {}
+
+  def __call__(self, images: np.ndarray, prompts, *, frames_before: int,
+               frames_after: int, seed: int = 0, steps: int | None = None,
+               guidance: float | None = None, keys=None) -> np.ndarray:
+    """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3]."""
+    steps = self.config.sample.steps if steps is None else steps
+    guidance = (self.config.sample.guidance if guidance is None
+                else guidance)
+    if frames_before < 0 or frames_after < 0:
+      raise ValueError("frames_before and frames_after must be >= 0")
+    if steps < 1 or guidance < 0:
+      raise ValueError(f"steps must be >= 1 and guidance >= 0, got "
+                       f"steps={steps}, guidance={guidance}")
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (self.resolution,
+                                                self.resolution, 3):
+      raise ValueError(f"images must be [B, {self.resolution}, "
+                       f"{self.resolution}, 3], got {images.shape}")
+    b = images.shape[0]
+    if len(prompts) != b:
+      raise ValueError(f"{len(prompts)} prompts for {b} images")
+    key = (frames_before, frames_after, steps, float(guidance), b)
+    if key not in self._compiled:
+      self._compiled[key] = make_sampler(
+          self.mesh, vae=self.vae, unet=self.unet, batch=b,
+          window=self.config.model.window,
+          context=self.config.model.context_frames,
+          frames_before=frames_before, frames_after=frames_after,
+          steps=steps, guidance=float(guidance))
+    text, mask = self.encoder.encode(list(prompts))
+    null, null_mask = self.encoder.encode([""] * b)
+    keys = sample_keys(seed, b) if keys is None else keys
+    x = images.astype(np.float32) / 127.5 - 1.0
+    return np.asarray(self._compiled[key](
+        self.params, x, keys, text, mask, null, null_mask))
+
+
+def run(*, image: str | None, prompt: str, frames_before: int,
+        frames_after: int, seed: int, output: str | None,
+        checkpoint: str | None = None, guidance: float | None = None,
+        steps: int | None = None, config=None) -> np.ndarray:
+  """The ``--mode=sample`` command: one image in, a video or folder out."""
+  import time
+  from bidigen import media
+  del config  # The model's own config (saved with it) decides everything.
+  if not image:
+    raise ValueError("--image is required for --mode=sample")
+  if not output:
+    raise ValueError("--output is required for --mode=sample (.mp4, .gif "
+                     "or a folder)")
+  media.check_output(output)
+  t0 = time.time()
+  gen = Generator(checkpoint)
+  frame0 = media.load_image(image, gen.resolution)
+  total = frames_before + 1 + frames_after
+  print(f"sampling {total} frames ({frames_before} before, {frames_after} "
+        f"after) at {gen.resolution}px, prompt {prompt!r} ...", flush=True)
+  frames = gen(frame0[None], [prompt], frames_before=frames_before,
+               frames_after=frames_after, seed=seed, steps=steps,
+               guidance=guidance)[0]
+  media.write_output(frames, -frames_before, output,
+                     fps=gen.config.sample.fps)
+  print(f"wrote {output} ({total} frames) in {time.time() - t0:.1f}s")
+  return frames

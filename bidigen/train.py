@@ -1,0 +1,325 @@
+"""Training: the autoencoder first, then masked video diffusion on its latents.
+
+Both phases share one TrainState and one loop. Each phase has its own pure
+step function, jitted once with explicit shardings and a donated state, so
+nothing recompiles after its first step.
+"""
+
+import functools
+import json
+import os
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bidigen import checkpoints
+from bidigen import data as data_lib
+from bidigen import diffusion
+from bidigen import models
+from bidigen import sharding
+from bidigen import text as text_lib
+from bidigen.models import vae as vae_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict        # {"vae": ..., "unet": ...}, boxed with logical axes.
+  opt_state: dict     # Same keys: each phase has its own optimizer.
+  ema: dict           # EMA of the UNet params: what sampling uses.
+  latent_scale: jax.Array  # 1 / std of latents, fixed when diffusion starts.
+
+
+def make_optimizers(cfg) -> dict[str, optax.GradientTransformation]:
+  def adamw(lr, steps):
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, min(cfg.warmup_steps, max(steps - 1, 1)), max(steps, 2),
+        end_value=lr * 0.05)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(schedule, b2=0.99,
+                                   weight_decay=cfg.weight_decay))
+  return {"vae": adamw(cfg.vae_learning_rate, cfg.vae_steps),
+          "unet": adamw(cfg.learning_rate, cfg.num_steps - cfg.vae_steps)}
+
+
+def to_float(video):
+  return video.astype(jnp.float32) / 127.5 - 1.0
+
+
+def init_state(rng, *, vae, unet, txs, resolution, window, text_shape):
+  k_vae, k_unet, k_noise = jax.random.split(rng, 3)
+  frames = jnp.zeros((1, resolution, resolution, 3))
+  vae_params = vae.init(k_vae, frames, k_noise)
+  lat = jax.eval_shape(
+      lambda p: vae.apply(p, frames, method=vae.encode), vae_params)[0].shape
+  b = 1
+  unet_params = unet.init(
+      k_unet, jnp.zeros((b, window) + lat[1:]), jnp.zeros((b, window)),
+      jnp.zeros((b,) + lat[1:]), jnp.zeros((b, window), jnp.int32),
+      jnp.zeros((b, window)), jnp.zeros((b,) + text_shape),
+      jnp.ones((b, text_shape[0])))
+  params = {"vae": vae_params, "unet": unet_params}
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      opt_state={k: txs[k].init(params[k]) for k in params},
+      ema=unet_params, latent_scale=jnp.zeros((), jnp.float32))
+
+
+def vae_step(state, batch, rng, *, vae, tx, frames_per_clip, kl_weight):
+  """One autoencoder update on a few random frames of every clip."""
+  video = batch["video"]
+  b, t = video.shape[:2]
+  k_idx, k_noise = jax.random.split(rng)
+  idx = jax.random.randint(k_idx, (b, frames_per_clip), 0, t)
+  frames = jnp.take_along_axis(video, idx[:, :, None, None, None], axis=1)
+  frames = to_float(frames.reshape((-1,) + frames.shape[2:]))
+
+  def loss_fn(params):
+    recon, mean, logvar = vae.apply(params, frames, k_noise)
+    return vae_lib.vae_loss(recon, frames, mean, logvar, kl_weight)
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params["vae"])
+  updates, opt = tx.update(grads, state.opt_state["vae"], state.params["vae"])
+  params = dict(state.params, vae=optax.apply_updates(state.params["vae"],
+                                                      updates))
+  state = state.replace(step=state.step + 1, params=params,
+                        opt_state=dict(state.opt_state, vae=opt))
+  return state, dict(aux, loss=loss)
+
+
+def encode_latents(vae, vae_params, frames, scale):
+  shape = frames.shape
+  flat = to_float(frames.reshape((-1,) + shape[-3:]))
+  mean, _ = vae.apply(vae_params, flat, method=vae.encode)
+  return jax.lax.stop_gradient(mean.reshape(shape[:-3] + mean.shape[1:])
+                               * scale)
+
+
+def latent_scale_step(state, batch, *, vae):
+  lat = encode_latents(vae, state.params["vae"], batch["video"][:, ::4], 1.0)
+  return state.replace(latent_scale=1.0 / (jnp.std(lat) + 1e-6))
+
+
+def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
+                   ema_decay):
+  """One UNet update on random windows with the masks sampling uses."""
+  video = batch["video"]
+  b, t = video.shape[:2]
+  centre = t // 2
+  k_win, k_loss = jax.random.split(rng)
+  start, known, _ = diffusion.sample_windows(k_win, t, window, max_context, b)
+  clips = jax.vmap(
+      lambda v, s: jax.lax.dynamic_slice_in_dim(v, s, window, axis=0))(
+          video, start)
+  x0 = encode_latents(vae, state.params["vae"], clips, state.latent_scale)
+  anchor = encode_latents(vae, state.params["vae"], video[:, centre],
+                          state.latent_scale)
+  offsets = start[:, None] + jnp.arange(window)[None] - centre
+
+  def loss_fn(params):
+    return diffusion.diffusion_loss(
+        unet.apply, params, k_loss, x0, known, anchor, offsets,
+        batch["text"], batch["text_mask"])
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params["unet"])
+  updates, opt = tx.update(grads, state.opt_state["unet"],
+                           state.params["unet"])
+  unet_params = optax.apply_updates(state.params["unet"], updates)
+  n = (state.step + 1).astype(jnp.float32)
+  decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema,
+                     unet_params)
+  state = state.replace(step=state.step + 1,
+                        params=dict(state.params, unet=unet_params),
+                        opt_state=dict(state.opt_state, unet=opt), ema=ema)
+  return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+class Trainer:
+  """Holds the compiled steps and shardings for one config and mesh."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh, text_dim: int):
+    self.config = config
+    self.mesh = mesh
+    cfg = config.train
+    validate(config, mesh)
+    self.vae, self.unet = models.build(config.model)
+    self.txs = make_optimizers(cfg)
+    init = functools.partial(
+        init_state, vae=self.vae, unet=self.unet, txs=self.txs,
+        resolution=config.data.resolution, window=config.model.window,
+        text_shape=(config.model.text.max_length, text_dim))
+    # Parameters carry logical axis names only until their shardings are
+    # known; the state itself holds plain arrays.
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    self.state_sharding = sharding.logical_shardings(
+        mesh, abstract, config.mesh.logical_axis_rules)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.unbox(abstract), self.state_sharding)
+    rep = sharding.replicated(mesh)
+    data = sharding.batch_sharding(mesh)
+    self.init = jax.jit(lambda rng: nn.unbox(init(rng)),
+                        out_shardings=self.state_sharding)
+    jit_step = lambda f: jax.jit(
+        f, in_shardings=(self.state_sharding, data, rep),
+        out_shardings=(self.state_sharding, rep), donate_argnums=0)
+    self.vae_step = jit_step(functools.partial(
+        vae_step, vae=self.vae, tx=self.txs["vae"],
+        frames_per_clip=cfg.vae_frames_per_clip, kl_weight=cfg.kl_weight))
+    self.diffusion_step = jit_step(functools.partial(
+        diffusion_step, vae=self.vae, unet=self.unet, tx=self.txs["unet"],
+        window=config.model.window, max_context=config.model.context_frames,
+        ema_decay=cfg.ema_decay))
+    self.latent_scale_step = jax.jit(
+        functools.partial(latent_scale_step, vae=self.vae),
+        in_shardings=(self.state_sharding, data),
+        out_shardings=self.state_sharding, donate_argnums=0)
+
+  def step(self, state, batch, rng, step: int):
+    if step < self.config.train.vae_steps:
+      return self.vae_step(state, batch, rng)
+    if step == self.config.train.vae_steps or not float(state.latent_scale):
+      state = self.latent_scale_step(state, batch)
+    return self.diffusion_step(state, batch, rng)
+
+
+def validate(config, mesh) -> None:
+  cfg = config.train
+  for key in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
+    if cfg[key] < 1:
+      raise ValueError(f"config.train.{key} must be >= 1, got {cfg[key]}")
+  if not 0 <= cfg.vae_steps < cfg.num_steps:
+    raise ValueError(f"config.train.vae_steps must be in [0, num_steps), got "
+                     f"{cfg.vae_steps} with num_steps={cfg.num_steps}")
+  if not 1 <= config.model.context_frames < config.model.window:
+    raise ValueError("config.model.context_frames must be in [1, window)")
+  if config.model.window > config.data.num_frames:
+    raise ValueError(f"config.model.window={config.model.window} is longer "
+                     f"than the clips ({config.data.num_frames} frames)")
+  sharding.check_batch(mesh, cfg.batch_size)
+  models.latent_shape(config.model, config.data.resolution)
+
+
+def host_batch(raw: dict, encoder, *, seed: int, step: int,
+               text_dropout: float) -> dict:
+  """Numpy batch for the device; captions dropped to "" for guidance."""
+  captions = [str(c) for c in raw["caption"]]
+  drop = np.random.default_rng([seed, step]).random(len(captions))
+  captions = ["" if d < text_dropout else c for d, c in zip(drop, captions)]
+  emb, mask = encoder.encode(captions)
+  return {"video": np.asarray(raw["video"]), "text": emb, "text_mask": mask}
+
+
+def restore_for_sampling(workdir: str):
+  """(config, sampling params) from the latest checkpoint of a workdir."""
+  mngr = checkpoints.manager(workdir)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  config = ml_collections.ConfigDict(mngr.restore(
+      step, args=checkpoints.ocp.args.Composite(
+          config=checkpoints.ocp.args.JsonRestore()))["config"])
+  encoder = text_lib.load_text_encoder(
+      config.model.text.kind, config.model.text.path,
+      config.model.text.max_length)
+  mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
+  trainer = Trainer(config, mesh, encoder.dim)
+  restored = mngr.restore(step, args=checkpoints.ocp.args.Composite(
+      state=checkpoints.ocp.args.StandardRestore(trainer.abstract_state)))
+  return config, checkpoints.sampling_params(restored["state"])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (or resumes) in ``workdir``; returns the final state."""
+  cfg = config.train
+  mesh = sharding.make_mesh(config.mesh.axes)
+  builder = data_lib.get_builder(config.data, prepare=True)
+  encoder = text_lib.load_text_encoder(
+      config.model.text.kind, config.model.text.path,
+      config.model.text.max_length)
+  trainer = Trainer(config, mesh, encoder.dim)
+  loader = data_lib.make_loader(builder, "train",
+                                global_batch_size=cfg.batch_size,
+                                seed=config.seed)
+  data_iter = iter(loader)
+
+  mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)
+  args = checkpoints.ocp.args
+  start = mngr.latest_step()
+  if start is None:
+    state = trainer.init(jax.random.key(config.seed))
+    start = 0
+  else:
+    restored = mngr.restore(start, args=args.Composite(
+        state=args.StandardRestore(trainer.abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter)))
+    state = restored["state"]
+    logging.info("resumed from step %d", start)
+    print(f"resuming from step {start} in {workdir}", flush=True)
+
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=cfg.num_steps, writer=writer,
+      every_steps=cfg.log_every)
+  root = jax.random.key(config.seed)
+  jsonl = os.path.join(workdir, "metrics.jsonl")
+  pending: dict[str, list[float]] = {}
+  t_log, s_log = time.time(), start
+
+  def save(step):
+    mngr.save(step, args=args.Composite(
+        state=args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        config=args.JsonSave(config.to_dict())), force=True)
+
+  for step in range(start, cfg.num_steps):
+    raw = next(data_iter)
+    batch = sharding.global_batch(mesh, host_batch(
+        raw, encoder, seed=config.seed, step=step,
+        text_dropout=cfg.text_dropout))
+    state, metrics = trainer.step(state, batch,
+                                  jax.random.fold_in(root, step), step)
+    metrics = jax.device_get(metrics)
+    if not np.isfinite(metrics["loss"]):
+      mngr.wait_until_finished()
+      raise FloatingPointError(
+          f"loss is {metrics['loss']} at step {step + 1}: stopping; the last "
+          f"good checkpoint is step {mngr.latest_step()} in {workdir}")
+    for k, v in metrics.items():
+      pending.setdefault(k, []).append(float(v))
+    done = step + 1
+    report(done)
+    if done % cfg.log_every == 0 or done == cfg.num_steps:
+      means = {k: float(np.mean(v)) for k, v in pending.items()}
+      pending = {}
+      phase = "vae" if step < cfg.vae_steps else "diffusion"
+      rate = (done - s_log) / max(time.time() - t_log, 1e-9)
+      t_log, s_log = time.time(), done
+      eta = (cfg.num_steps - done) / max(rate, 1e-9)
+      if is_main:
+        writer.write_scalars(done, means)
+        with open(jsonl, "a") as f:
+          f.write(json.dumps(dict(step=done, phase=phase, time=time.time(),
+                                  steps_per_sec=rate, **means)) + "\n")
+        print(f"step {done}/{cfg.num_steps} [{phase}] loss "
+              f"{means['loss']:.4f}  {rate:.2f} steps/s  ETA "
+              f"{time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+    if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+      save(done)
+  mngr.wait_until_finished()
+  writer.flush()
+  return state

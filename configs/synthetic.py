@@ -1,0 +1,76 @@
+"""The embedded default model's recipe: procedural captioned clips.
+
+Train (this is how bidigen/assets/default_model was made):
+  python -m bidigen.main --config=configs/synthetic.py --mode=train \
+      --workdir=workdirs/synthetic
+  python -m bidigen.main --config=configs/synthetic.py --mode=export \
+      --workdir=workdirs/synthetic --output=bidigen/assets/default_model
+Tests and CI use the ``:tiny`` variant (32px clips, a small model, 6 steps):
+  python -m bidigen.main --config=configs/synthetic.py:tiny --mode=train \
+      --workdir=/tmp/tiny
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in ("default", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; "
+                     "known: default, tiny")
+  tiny = variant == "tiny"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = dict(
+      name="bidigen_synthetic",
+      builder_config="tiny" if tiny else "default",
+      data_dir="~/tensorflow_datasets",
+      resolution=32 if tiny else 64,
+      num_frames=17,
+      manual_dir="",
+  )
+
+  c.model = ml_collections.ConfigDict()
+  c.model.window = 9          # Frames the UNet sees at once (F-4..F+4).
+  c.model.context_frames = 4  # Known frames carried into each expansion.
+  c.model.vae = dict(channels=(16, 32, 32) if tiny else (32, 64, 64),
+                     latent_dim=4)
+  c.model.unet = dict(
+      channels=16 if tiny else 64,
+      channel_mult=(1, 2, 2),
+      attention_levels=(False, True, True),
+      num_heads=2 if tiny else 4,
+      max_offset=16,
+  )
+  c.model.text = dict(kind="minilm", path=None, max_length=24)
+  c.model.text.path = ml_collections.config_dict.placeholder(str)
+
+  c.train = dict(
+      num_steps=6 if tiny else 8000,
+      vae_steps=2 if tiny else 1500,
+      batch_size=8,
+      learning_rate=3e-4,
+      vae_learning_rate=1e-3,
+      warmup_steps=2 if tiny else 300,
+      weight_decay=0.01,
+      grad_clip=1.0,
+      ema_decay=0.999,
+      kl_weight=1e-4,
+      vae_frames_per_clip=2 if tiny else 4,
+      text_dropout=0.1,
+      log_every=1 if tiny else 50,
+      checkpoint_every=3 if tiny else 250,
+      keep_checkpoints=3,
+  )
+
+  c.sample = dict(steps=4 if tiny else 25, guidance=3.0, frames_before=4,
+                  frames_after=4, fps=8)
+
+  # Mesh axes (name, size; -1 takes the remaining devices) and the rules that
+  # map parameters' logical axis names onto them. Everything is replicated
+  # over "data" here; configs/webvid.py shards large kernels over "fsdp".
+  c.mesh = dict(axes=(("data", -1),), logical_axis_rules=(
+      ("embed", None), ("mlp", None), ("text", None), ("conv_h", None),
+      ("conv_w", None), ("conv_in", None), ("conv_out", None)))
+  return c
