@@ -20,6 +20,9 @@ from bidigen import sharding
 
 # fold_in takes unsigned data; offsets are shifted to stay non-negative.
 _OFFSET_BASE = 1 << 20
+# Expansion has no length limit of its own; this keeps one request's frame
+# buffer within a machine's memory.
+MAX_FRAMES_PER_SIDE = 1024
 
 
 def plan(frames_before: int, frames_after: int, window: int, context: int):
@@ -123,6 +126,14 @@ def sample_keys(seed: int, batch: int):
   return jax.vmap(lambda i: jax.random.fold_in(root, i))(np.arange(batch))
 
 
+def check_frames(frames_before: int, frames_after: int) -> None:
+  for name, n in (("frames_before", frames_before),
+                  ("frames_after", frames_after)):
+    if not 0 <= n <= MAX_FRAMES_PER_SIDE:
+      raise ValueError(f"{name} must be in [0, {MAX_FRAMES_PER_SIDE}], "
+                       f"got {n}")
+
+
 class Generator:
   """A loaded model, ready to sample: what the CLI, GUI and Colab share.
 
@@ -149,8 +160,7 @@ class Generator:
     steps = self.config.sample.steps if steps is None else steps
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
-    if frames_before < 0 or frames_after < 0:
-      raise ValueError("frames_before and frames_after must be >= 0")
+    check_frames(frames_before, frames_after)
     if steps < 1 or guidance < 0:
       raise ValueError(f"steps must be >= 1 and guidance >= 0, got "
                        f"steps={steps}, guidance={guidance}")
@@ -191,7 +201,9 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   if not output:
     raise ValueError("--output is required for --mode=sample (.mp4, .gif "
                      "or a folder)")
+  check_frames(frames_before, frames_after)
   media.check_output(output)
+  media.load_image(image, 8)  # Bad input fails before the model loads.
   t0 = time.time()
   gen = Generator(checkpoint)
   frame0 = media.load_image(image, gen.resolution)

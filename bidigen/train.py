@@ -245,6 +245,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) in ``workdir``; returns the final state."""
   cfg = config.train
   mesh = sharding.make_mesh(config.mesh.axes)
+  validate(config, mesh)  # Before any slow work.
   builder = data_lib.get_builder(config.data, prepare=True)
   encoder = text_lib.load_text_encoder(
       config.model.text.kind, config.model.text.path,

