@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 MODES = ("train", "sample", "prepare", "export")
@@ -81,6 +82,8 @@ def run(argv) -> None:
 
 
 def main(argv) -> None:
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines drown ours.
   try:
     run(argv)
   except (ValueError, OSError, FloatingPointError) as e:

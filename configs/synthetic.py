@@ -47,8 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.text.path = ml_collections.config_dict.placeholder(str)
 
   c.train = dict(
-      num_steps=6 if tiny else 8000,
-      vae_steps=2 if tiny else 1500,
+      num_steps=6 if tiny else 6000,
+      vae_steps=2 if tiny else 1000,
       batch_size=8,
       learning_rate=3e-4,
       vae_learning_rate=1e-3,
