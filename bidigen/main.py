@@ -88,8 +88,28 @@ def main(argv) -> None:
     run(argv)
   except (ValueError, OSError, FloatingPointError) as e:
     # Bad input is a one-line message, not a traceback.
-    sys.exit(f"bidigen: error: {e}")
+    sys.exit(f"bidigen: error: {one_line(e)}")
+
+
+def one_line(e: BaseException) -> str:
+  """The first line of an error and, when there are more, its last one
+  (config_flags puts the loader's whole traceback in its messages)."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  if not lines:
+    return type(e).__name__
+  return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+
+
+def parse_flags(argv):
+  """absl's parser, with a bad flag or --config override as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"bidigen: error: {one_line(e)}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    given = " ".join(a for a in argv if a.startswith("--config"))
+    sys.exit(f"bidigen: error: bad config ({given}): {one_line(e)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -195,7 +195,7 @@ class Trainer:
     return self.diffusion_step(state, batch, rng)
 
 
-def validate(config, mesh) -> None:
+def validate(config, mesh=None) -> None:
   cfg = config.train
   for key in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
     if cfg[key] < 1:
@@ -208,7 +208,8 @@ def validate(config, mesh) -> None:
   if config.model.window > config.data.num_frames:
     raise ValueError(f"config.model.window={config.model.window} is longer "
                      f"than the clips ({config.data.num_frames} frames)")
-  sharding.check_batch(mesh, cfg.batch_size)
+  if mesh is not None:
+    sharding.check_batch(mesh, cfg.batch_size)
   models.latent_shape(config.model, config.data.resolution)
 
 
@@ -244,9 +245,9 @@ def restore_for_sampling(workdir: str):
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (or resumes) in ``workdir``; returns the final state."""
   cfg = config.train
-  mesh = sharding.make_mesh(config.mesh.axes)
-  validate(config, mesh)  # Before any slow work.
+  validate(config)  # Before any slow work.
   builder = data_lib.get_builder(config.data, prepare=True)
+  mesh = sharding.make_mesh(config.mesh.axes)
   encoder = text_lib.load_text_encoder(
       config.model.text.kind, config.model.text.path,
       config.model.text.max_length)

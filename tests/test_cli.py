@@ -59,12 +59,15 @@ def test_bad_flag_values(tmp_path):
                f"--output={tmp_path}/missing/o.mp4"), "does not exist")
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("--config.train.nope=1", "nope"),
-    ("--config.train.batch_size=abc", "batch_size"),
+@pytest.mark.parametrize("config,override,needle", [
+    ("configs/synthetic.py:tiny", "--config.train.nope=1", "nope"),
+    ("configs/synthetic.py:tiny", "--config.train.batch_size=abc",
+     "batch_size"),
+    ("configs/synthetic.py:huge", "--seed=0", "unknown variant 'huge'"),
+    ("configs/missing.py", "--seed=0", "configs/missing.py"),
 ])
-def test_bad_config_overrides(tmp_path, override, needle):
-  proc = run_main("--config=configs/synthetic.py:tiny", "--mode=train",
+def test_bad_configs(tmp_path, config, override, needle):
+  proc = run_main(f"--config={config}", "--mode=train",
                   f"--workdir={tmp_path}", override)
   assert_one_line_error(proc, needle)
 
