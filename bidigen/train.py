@@ -143,7 +143,7 @@ def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
   state = state.replace(step=state.step + 1,
                         params=dict(state.params, unet=unet_params),
                         opt_state=dict(state.opt_state, unet=opt), ema=ema)
-  return state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 class Trainer:
@@ -239,6 +239,11 @@ def restore_for_sampling(workdir: str):
   trainer = Trainer(config, mesh, encoder.dim)
   restored = mngr.restore(step, args=checkpoints.ocp.args.Composite(
       state=checkpoints.ocp.args.StandardRestore(trainer.abstract_state)))
+  if not float(restored["state"].latent_scale):
+    raise ValueError(
+        f"the checkpoint at step {step} in {workdir} has trained only the "
+        f"autoencoder (config.train.vae_steps={config.train.vae_steps}); "
+        "train past that before sampling")
   return config, checkpoints.sampling_params(restored["state"])
 
 
