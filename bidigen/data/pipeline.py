@@ -1,49 +1,88 @@
 """The grain input pipeline over TFDS array_record data sources.
 
 Each process reads its own shard (ShardOptions from the JAX process index),
-shuffled deterministically from the seed; the iterator's state goes into the
-orbax checkpoint so a resumed run continues the same stream.
+shuffled deterministically from the seed. The loader is a `grain.DataLoader`,
+whose iterator state goes into the orbax checkpoint
+(`grain.checkpoint.CheckpointSave` / `CheckpointRestore`), so a resumed run
+continues the same stream. Reading needs no TensorFlow.
 """
+
+from typing import Any
 
 import grain
 import jax
 import numpy as np
 
 _TEXT = ("caption", "background")
+PREPARE_COMMAND = ("python -m bidigen.main --config=configs/synthetic.py "
+                   "--mode=prepare --workdir=DIR")
 
 
 class _Decode(grain.transforms.Map):
-  """Text features arrive as bytes; the rest as numpy already."""
+  """Text arrives as bytes and scalars as python ints (which would batch to
+  int64): give batches str and the dtypes the builder declares."""
 
-  def map(self, element):
-    return {k: (v.decode() if k in _TEXT and isinstance(v, bytes) else v)
+  def __init__(self, dtypes: dict[str, np.dtype]):
+    self._dtypes = dtypes
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.decode() if isinstance(v, bytes) else str(v))
+            if k in _TEXT else np.asarray(v, self._dtypes[k])
             for k, v in element.items()}
 
 
 def num_examples(builder, split: str) -> int:
+  """Examples in ``split``, from the prepared dataset's metadata."""
   return builder.info.splits[split].num_examples
 
 
 def require_prepared(builder) -> None:
+  """Fails early, naming where data was looked for and how to make it.
+
+  Raises:
+    FileNotFoundError: the dataset has not been generated in its data_dir.
+  """
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"dataset {builder.name}/{builder.builder_config.name} is not "
-        f"prepared in {builder.data_dir}: run `python -m bidigen.main "
-        "--config=configs/synthetic.py --mode=prepare`")
+        f"prepared in {builder.data_dir}: run `{PREPARE_COMMAND}`")
 
 
 def make_loader(builder, split: str, *, global_batch_size: int, seed: int,
                 shuffle: bool = True, num_epochs: int | None = None,
-                drop_remainder: bool = True, shard_index: int | None = None,
-                shard_count: int | None = None,
-                worker_count: int = 0) -> grain.DataLoader:
-  """Batches of this process's shard: dicts of numpy arrays (text as str)."""
+                drop_remainder: bool = True, worker_count: int = 0,
+                shard_index: int | None = None,
+                shard_count: int | None = None) -> grain.DataLoader:
+  """Batches of this process's shard of ``split``.
+
+  Each batch is a dict of numpy arrays with a leading axis of
+  global_batch_size // shard_count; ``caption`` and ``background`` are arrays
+  of str. The order depends only on ``seed`` (and the epoch), so two runs with
+  the same seed see the same batches and a restored iterator resumes exactly.
+
+  Args:
+    builder: a prepared TFDS builder (array_record).
+    split: "train" or "test".
+    global_batch_size: batch size summed over processes.
+    seed: shuffling seed.
+    shuffle: shuffle records (per epoch).
+    num_epochs: None repeats forever.
+    drop_remainder: drop a last partial batch.
+    worker_count: grain worker processes; 0 reads in this process.
+    shard_index: defaults to jax.process_index(); overridable for tests.
+    shard_count: defaults to jax.process_count().
+
+  Raises:
+    ValueError: global_batch_size is not divisible by shard_count.
+  """
   shard_count = jax.process_count() if shard_count is None else shard_count
   shard_index = jax.process_index() if shard_index is None else shard_index
   if global_batch_size % shard_count:
-    raise ValueError(f"batch size {global_batch_size} is not divisible by "
-                     f"the {shard_count} processes")
+    raise ValueError(f"global batch size {global_batch_size} is not "
+                     f"divisible by the {shard_count} processes")
+  require_prepared(builder)
   source = builder.as_data_source(split=split)
+  dtypes = {k: f.np_dtype for k, f in builder.info.features.items()}
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shuffle=shuffle, seed=seed,
       num_epochs=num_epochs,
@@ -52,5 +91,6 @@ def make_loader(builder, split: str, *, global_batch_size: int, seed: int,
           drop_remainder=True))
   return grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=worker_count,
-      operations=[_Decode(), grain.transforms.Batch(
+      operations=[_Decode(dtypes), grain.transforms.Batch(
           global_batch_size // shard_count, drop_remainder=drop_remainder)])
+
