@@ -190,7 +190,7 @@ class Trainer:
   def step(self, state, batch, rng, step: int):
     if step < self.config.train.vae_steps:
       return self.vae_step(state, batch, rng)
-    if step == self.config.train.vae_steps or not float(state.latent_scale):
+    if step == self.config.train.vae_steps and not float(state.latent_scale):
       state = self.latent_scale_step(state, batch)
     return self.diffusion_step(state, batch, rng)
 
@@ -221,6 +221,27 @@ def host_batch(raw: dict, encoder, *, seed: int, step: int,
   captions = ["" if d < text_dropout else c for d, c in zip(drop, captions)]
   emb, mask = encoder.encode(captions)
   return {"video": np.asarray(raw["video"]), "text": emb, "text_mask": mask}
+
+
+def warm_start(trainer: Trainer, state: TrainState, path: str) -> TrainState:
+  """Starts from an exported model's weights (EMA as both params and EMA),
+  skipping the autoencoder phase. This is how a model keeps training in a
+  later session when only its export was kept: fresh optimizer moments, the
+  schedule from ``vae_steps`` on."""
+  _, loaded = checkpoints.load_model(path)
+  want = {"vae": state.params["vae"], "unet": state.params["unet"]}
+  got = {"vae": loaded["vae"], "unet": loaded["unet"]}
+  shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
+  if shapes(want) != shapes(got):
+    raise ValueError(f"config.train.init_from={path}: its architecture does "
+                     "not match this config's model")
+  shard = trainer.state_sharding
+  params = jax.device_put(got, {"vae": shard.params["vae"],
+                                "unet": shard.params["unet"]})
+  return state.replace(
+      step=jnp.asarray(trainer.config.train.vae_steps, jnp.int32),
+      params=params, ema=jax.device_put(got["unet"], shard.ema),
+      latent_scale=jnp.asarray(loaded["latent_scale"], jnp.float32))
 
 
 def restore_for_sampling(workdir: str):
@@ -267,7 +288,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   start = mngr.latest_step()
   if start is None:
     state = trainer.init(jax.random.key(config.seed))
-    start = 0
+    if cfg.init_from:
+      state = warm_start(trainer, state, cfg.init_from)
+      print(f"warm start from {cfg.init_from}: diffusion from step "
+            f"{int(state.step)}", flush=True)
+    start = int(state.step)
   else:
     restored = mngr.restore(start, args=args.Composite(
         state=args.StandardRestore(trainer.abstract_state),

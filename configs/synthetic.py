@@ -62,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=1 if tiny else 50,
       checkpoint_every=3 if tiny else 250,
       keep_checkpoints=3,
+      # An exported model to start from (skips the autoencoder phase).
+      init_from="",
   )
 
   c.sample = dict(steps=4 if tiny else 25, guidance=3.0, frames_before=4,

@@ -118,3 +118,31 @@ def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
   config.train.warmup_steps = 0
   with pytest.raises(FloatingPointError, match="loss is .* at step"):
     train.train(config, str(tmp_path / "run"))
+
+
+def test_warm_start_from_an_exported_model(tmp_path, data_dir, tiny_config):
+  from bidigen import checkpoints
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  first = str(tmp_path / "first")
+  train.train(config, first)
+  cfg, params = train.restore_for_sampling(first)
+  exported = str(tmp_path / "model")
+  checkpoints.export_model(params, cfg, exported)
+
+  config.train.init_from = exported
+  config.train.num_steps = 4
+  state = train.train(config, str(tmp_path / "second"))
+  rows = read_metrics(str(tmp_path / "second"))
+  assert [r["step"] for r in rows] == [3, 4]  # vae_steps=2 are skipped.
+  assert all(r["phase"] == "diffusion" for r in rows)
+  # The autoencoder is frozen in the diffusion phase: it is the exported one.
+  for a, b in zip(jax.tree.leaves(state.params["vae"]),
+                  jax.tree.leaves(params["vae"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_allclose(float(state.latent_scale),
+                             float(params["latent_scale"]))
+
+  config.model.unet.channels = 8
+  with pytest.raises(ValueError, match="does not match"):
+    train.train(config, str(tmp_path / "third"))
