@@ -10,14 +10,14 @@ interrupted save never leaves a half-written checkpoint behind.
 
 import json
 import os
-import shutil
-import tempfile
 
 import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+from bidigen import media
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets",
                              "default_model")
@@ -42,22 +42,14 @@ def export_model(params: dict, config: ml_collections.ConfigDict,
                  path: str) -> None:
   """Writes a sampling model to ``path`` atomically (temp folder + rename)."""
   path = os.path.abspath(path)
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  try:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with media.atomic_folder(path) as tmp:
     params = jax.tree.map(np.asarray, jax.device_get(params))
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(tmp, "params"), params)
     ckpt.wait_until_finished()
     with open(os.path.join(tmp, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-    if os.path.exists(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

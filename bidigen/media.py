@@ -1,5 +1,6 @@
 """Images in, videos and frame folders out; every write is atomic."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -10,6 +11,22 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "assets", "examples")
 VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+  """A temporary folder next to ``path`` that replaces it only on success,
+  so an interrupted write never leaves a half-written folder behind."""
+  path = os.path.abspath(path)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  try:
+    yield tmp
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
 
 
 def load_image(path: str, resolution: int) -> np.ndarray:
@@ -88,16 +105,8 @@ def write_output(frames: np.ndarray, first_offset: int, path: str,
       if os.path.exists(tmp):
         os.remove(tmp)
     return
-  tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-  try:
+  with atomic_folder(path) as tmp:
     for frame, off in zip(frames, offsets):
       Image.fromarray(frame).save(os.path.join(tmp, frame_name(off)))
     Image.fromarray(contact_sheet(frames, offsets)).save(
         os.path.join(tmp, "contact_sheet.png"))
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-
