@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_heads=2 if tiny else 4,
       max_offset=16,
   )
-  c.model.text = dict(kind="minilm", path=None, max_length=24)
+  # 32 tokens hold every synthetic caption (24 cut a quarter of them).
+  c.model.text = dict(kind="minilm", path=None, max_length=32)
   c.model.text.path = ml_collections.config_dict.placeholder(str)
 
   c.train = dict(
