@@ -13,6 +13,12 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "assets", "examples")
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str):
   """A temporary folder next to ``path`` that replaces it only on success,
@@ -21,6 +27,7 @@ def atomic_folder(path: str):
   tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
   try:
     yield tmp
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private.
     if os.path.isdir(path):
       shutil.rmtree(path)
     os.replace(tmp, path)
@@ -100,6 +107,7 @@ def write_output(frames: np.ndarray, first_offset: int, path: str,
         iio.imwrite(tmp, frames, duration=1000 / fps, loop=0)
       else:
         iio.imwrite(tmp, frames, fps=fps, codec="libx264")
+      os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private.
       os.replace(tmp, path)
     finally:
       if os.path.exists(tmp):

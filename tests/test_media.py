@@ -53,3 +53,8 @@ def test_video_and_folder_outputs(tmp_path):
   np.testing.assert_array_equal(
       iio.imread(str(tmp_path / "f" / "frame_-002.png")), frames[0])
   assert sorted(os.listdir(tmp_path)) == ["f", "v.gif"]  # No temp left.
+  # Outputs get the usual permissions, not the temp files' private ones.
+  mask = os.umask(0)
+  os.umask(mask)
+  assert os.stat(tmp_path / "v.gif").st_mode & 0o777 == 0o666 & ~mask
+  assert os.stat(tmp_path / "f").st_mode & 0o777 == 0o777 & ~mask
