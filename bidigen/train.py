@@ -112,13 +112,15 @@ def latent_scale_step(state, batch, *, vae):
 
 
 def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
-                   ema_decay):
+                   ema_decay, task_probs=diffusion.TASK_PROBS,
+                   motion_weight=0.0):
   """One UNet update on random windows with the masks sampling uses."""
   video = batch["video"]
   b, t = video.shape[:2]
   centre = t // 2
   k_win, k_loss = jax.random.split(rng)
-  start, known, _ = diffusion.sample_windows(k_win, t, window, max_context, b)
+  start, known, _ = diffusion.sample_windows(k_win, t, window, max_context, b,
+                                           task_probs)
   clips = jax.vmap(
       lambda v, s: jax.lax.dynamic_slice_in_dim(v, s, window, axis=0))(
           video, start)
@@ -130,7 +132,7 @@ def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
   def loss_fn(params):
     return diffusion.diffusion_loss(
         unet.apply, params, k_loss, x0, known, anchor, offsets,
-        batch["text"], batch["text_mask"])
+        batch["text"], batch["text_mask"], motion_weight)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params["unet"])
   updates, opt = tx.update(grads, state.opt_state["unet"],
@@ -181,7 +183,8 @@ class Trainer:
     self.diffusion_step = jit_step(functools.partial(
         diffusion_step, vae=self.vae, unet=self.unet, tx=self.txs["unet"],
         window=config.model.window, max_context=config.model.context_frames,
-        ema_decay=cfg.ema_decay))
+        ema_decay=cfg.ema_decay, task_probs=tuple(cfg.task_probs),
+        motion_weight=cfg.motion_weight))
     self.latent_scale_step = jax.jit(
         functools.partial(latent_scale_step, vae=self.vae),
         in_shardings=(self.state_sharding, data),
@@ -203,6 +206,15 @@ def validate(config, mesh=None) -> None:
   if not 0 <= cfg.vae_steps < cfg.num_steps:
     raise ValueError(f"config.train.vae_steps must be in [0, num_steps), got "
                      f"{cfg.vae_steps} with num_steps={cfg.num_steps}")
+  probs = tuple(cfg.task_probs)
+  if (len(probs) != len(diffusion.TASKS) or min(probs) < 0
+      or abs(sum(probs) - 1) > 1e-6):
+    raise ValueError(f"config.train.task_probs must be {len(diffusion.TASKS)} "
+                     f"non-negative numbers summing to 1 (for "
+                     f"{', '.join(diffusion.TASKS)}), got {probs}")
+  if cfg.motion_weight < 0:
+    raise ValueError(f"config.train.motion_weight must be >= 0, got "
+                     f"{cfg.motion_weight}")
   if not 1 <= config.model.context_frames < config.model.window:
     raise ValueError("config.model.context_frames must be in [1, window)")
   if config.model.window > config.data.num_frames:

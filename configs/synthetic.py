@@ -60,6 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kl_weight=1e-4,
       vae_frames_per_clip=2 if tiny else 4,
       text_dropout=0.1,
+      # How often each masking task is drawn: f0_only (only F0 known, the
+      # task that learns motion from text), forward, backward, interpolation.
+      task_probs=(0.25, 0.3, 0.3, 0.15),
+      # Up-weights the loss where frames differ from F0 (0 = plain MSE).
+      motion_weight=0.0,
       log_every=1 if tiny else 50,
       checkpoint_every=3 if tiny else 250,
       keep_checkpoints=3,
