@@ -31,14 +31,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of configs/webvid.py; "
                      "known: default, runlocal")
   c = _synthetic().get_config()
+  # name="video_folder" reads any folder of videos with a captions.csv
+  # (path,caption) instead; layouts in bidigen/data/videos.py.
   c.data = dict(
       name="webvid",
-      builder_config="default",
       data_dir="~/tensorflow_datasets",
-      manual_dir="~/webvid/raw",
+      manual_dir="~/webvid/raw",  # Results CSV + {page_dir}/{videoid}.mp4.
       resolution=256,
       num_frames=33,   # F-16..F+16: expansion beyond the window is trained.
-      fps=8,
+      fps=8,           # Videos are resampled to this rate.
+      clips_per_video=4,  # Non-overlapping clips taken from one video.
+      test_fraction=0.005,  # Of the videos, by a hash of their id.
   )
   c.model.window = 17
   c.model.context_frames = 8

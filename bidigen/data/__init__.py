@@ -6,14 +6,16 @@ from bidigen.data import pipeline
 from bidigen.data import synthetic
 
 make_loader = pipeline.make_loader
+NAMES = ("bidigen_synthetic", "webvid", "video_folder")
 
 
 def get_builder(data_config, prepare: bool = False):
   """The TFDS builder for ``data_config``.
 
   The synthetic data is procedural, so it is generated on first use when
-  ``prepare`` is set. Real data must have been prepared beforehand; its
-  absence is a one-line error that says where it must be and how.
+  ``prepare`` is set. Real video is built from ``data_config.manual_dir``
+  when ``prepare`` is set; its absence is a one-line error that says where it
+  must be and how to prepare it.
   """
   data_dir = os.path.expanduser(data_config.data_dir)
   if data_config.name == "bidigen_synthetic":
@@ -24,12 +26,31 @@ def get_builder(data_config, prepare: bool = False):
         file_format="array_record")
     pipeline.require_prepared(builder)
     return builder
-  if data_config.name == "webvid":
-    raise FileNotFoundError(
-        f"WebVid data not found in {data_dir}: put the WebVid CSV and videos "
-        f"in {data_config.manual_dir} and run `python -m bidigen.main "
-        "--config=configs/webvid.py --mode=prepare` (the WebVid builder "
-        "lands with the scale-out work; until then train on "
-        "configs/synthetic.py)")
+  if data_config.name in ("webvid", "video_folder"):
+    return _video_builder(data_config, data_dir, prepare)
   raise ValueError(f"unknown dataset config.data.name={data_config.name!r}; "
-                   "known: bidigen_synthetic, webvid")
+                   f"known: {', '.join(NAMES)}")
+
+
+def _video_builder(data_config, data_dir: str, prepare: bool):
+  from bidigen.data import videos  # PyAV only when real video is used.
+  kind = data_config.name
+  manual_dir = os.path.expanduser(data_config.manual_dir)
+  builder = videos.builder(
+      kind, data_dir, resolution=data_config.resolution,
+      num_frames=data_config.num_frames, fps=data_config.fps,
+      clips_per_video=data_config.clips_per_video,
+      test_fraction=data_config.test_fraction)
+  if builder.is_prepared():
+    return builder
+  if not prepare or not os.path.isdir(manual_dir):
+    what = ("the WebVid CSV and videos" if kind == "webvid" else
+            f"the videos and their {videos.CAPTIONS_CSV}")
+    name = "WebVid data" if kind == "webvid" else "video folder data"
+    override = "" if kind == "webvid" else " --config.data.name=video_folder"
+    raise FileNotFoundError(
+        f"{name} not found: {builder.name}/{builder.builder_config.name} is "
+        f"not prepared in {data_dir}; put {what} in {manual_dir} "
+        "(--config.data.manual_dir) and run `python -m bidigen.main "
+        f"--config=configs/webvid.py{override} --mode=prepare`")
+  return videos.prepare(builder, manual_dir)
