@@ -5,6 +5,9 @@
   python -m bidigen.main --config=configs/synthetic.py --mode=sample \
       --image=bidigen/assets/examples/cat.png --prompt="a red ball moves left" \
       --frames_before=4 --frames_after=4 --seed=0 --output=out.mp4
+On several hosts, each runs the same command plus (see launch/README.md)
+  --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
+which TPU VMs, Slurm and Open MPI can leave to the environment.
 """
 
 import os
@@ -18,12 +21,15 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-MODES = ("train", "sample", "prepare", "export")
+# Each mode is a function of this name below; the flags it requires.
+MODES = {"train": ("config", "workdir"), "evaluate": ("config", "workdir"),
+         "sample": (),
+         "prepare": ("config",), "export": ("workdir", "output")}
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py[:tiny]; override "
     "keys with --config.train.batch_size=8.", lock_config=True)
-flags.DEFINE_enum("mode", None, MODES, "What to run.")
+flags.DEFINE_enum("mode", None, list(MODES), "What to run.")
 flags.DEFINE_string("workdir", None, "Run folder (checkpoints, logs); "
                     "train resumes from it.")
 flags.DEFINE_string("image", None, "sample: the input frame F0.")
@@ -36,12 +42,19 @@ flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_string("output", None, "sample: .mp4/.gif video, or a folder "
                     "of frame_-004.png ... and contact_sheet.png; export: "
                     "the exported model folder.")
-flags.DEFINE_string("checkpoint", None, "sample: a training workdir or an "
-                    "exported model; default: the embedded model.")
+flags.DEFINE_string("checkpoint", None, "sample/evaluate: a training "
+                    "workdir or an exported model; default: the embedded "
+                    "model.")
 flags.DEFINE_float("guidance", None, "sample: classifier-free guidance "
                    "scale (default: config.sample.guidance).", lower_bound=0)
 flags.DEFINE_integer("steps", None, "sample: denoising steps (default: "
                      "config.sample.steps).", lower_bound=1)
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of "
+                    "process 0, for jax.distributed.initialize.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of "
+                     "processes.", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.",
+                     lower_bound=0)
 FLAGS = flags.FLAGS
 
 
@@ -50,35 +63,51 @@ def run(argv) -> None:
     raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.mode is None:
     raise ValueError(f"--mode is required: one of {', '.join(MODES)}")
-  config = FLAGS.config
-  if FLAGS.mode == "sample":
-    from bidigen import sample
-    sample.run(config=config, image=FLAGS.image, prompt=FLAGS.prompt,
-                   frames_before=FLAGS.frames_before,
-                   frames_after=FLAGS.frames_after, seed=FLAGS.seed,
-                   output=FLAGS.output, checkpoint=FLAGS.checkpoint,
-                   guidance=FLAGS.guidance, steps=FLAGS.steps)
-    return
-  if config is None:
-    raise ValueError("--config is required for --mode=" + FLAGS.mode)
-  if FLAGS.mode == "prepare":
-    from bidigen import data
-    builder = data.get_builder(config.data, prepare=True)
-    print(f"prepared {builder.info.full_name} in {builder.data_dir}")
-    return
-  if FLAGS.workdir is None:
-    raise ValueError(f"--workdir is required for --mode={FLAGS.mode}")
-  if FLAGS.mode == "train":
-    from bidigen import train
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    train.train(config, FLAGS.workdir)
-  elif FLAGS.mode == "export":
-    from bidigen import checkpoints, train
-    if not FLAGS.output:
-      raise ValueError("--output (the model folder to write) is required")
-    cfg, params = train.restore_for_sampling(FLAGS.workdir)
-    checkpoints.export_model(params, cfg, FLAGS.output)
-    print(f"exported {FLAGS.workdir} to {FLAGS.output}")
+  for name in MODES[FLAGS.mode]:
+    if FLAGS[name].value is None:
+      raise ValueError(f"--{name} is required for --mode={FLAGS.mode}")
+  from bidigen import sharding  # Before anything touches devices.
+  sharding.initialize_distributed(FLAGS.coordinator_address,
+                                  FLAGS.num_processes, FLAGS.process_id)
+  modes = {"train": train, "evaluate": evaluate, "sample": sample,
+           "prepare": prepare, "export": export}
+  modes[FLAGS.mode](FLAGS.config)
+
+
+def train(config) -> None:
+  from bidigen import train as train_lib
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  train_lib.train(config, FLAGS.workdir)
+
+
+def evaluate(config) -> None:
+  from bidigen import evaluate as evaluate_lib
+  report = evaluate_lib.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
+  print(f"wrote {FLAGS.workdir}/report.md, report.json and sheets/ "
+        f"({report['seconds']} s)")
+
+
+def sample(config) -> None:
+  from bidigen import sample as sample_lib
+  sample_lib.run(config=config, image=FLAGS.image, prompt=FLAGS.prompt,
+                 frames_before=FLAGS.frames_before,
+                 frames_after=FLAGS.frames_after, seed=FLAGS.seed,
+                 output=FLAGS.output, checkpoint=FLAGS.checkpoint,
+                 guidance=FLAGS.guidance, steps=FLAGS.steps)
+
+
+def prepare(config) -> None:
+  from bidigen import data
+  builder = data.get_builder(config.data, prepare=True)
+  print(f"prepared {builder.info.full_name} in {builder.data_dir}")
+
+
+def export(config) -> None:
+  del config  # The checkpoint's own.
+  from bidigen import checkpoints, train as train_lib
+  cfg, params = train_lib.restore_for_sampling(FLAGS.workdir)
+  checkpoints.export_model(params, cfg, FLAGS.output)
+  print(f"exported {FLAGS.workdir} to {FLAGS.output}")
 
 
 def main(argv) -> None:

@@ -1,16 +1,55 @@
-"""The one place that knows about the device mesh.
+"""The one place that knows about processes and the device mesh.
 
 Mesh axes and logical axis rules come from the config; modules only name
 their parameters' axes. Batches are assembled from per-process data with
 ``jax.make_array_from_process_local_data``.
 """
 
+import math
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def on_cluster() -> bool:
+  """Whether ``jax.distributed.initialize()`` can find its peers here.
+
+  These are the environments jax detects by itself (a coordinator address in
+  the environment, a Cloud TPU VM, a Slurm job step, Open MPI); on a plain
+  machine initialize() would fail for want of a coordinator.
+  """
+  env = os.environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return True
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+           "SLURM_PROCID", "SLURM_LOCALID")
+  if all(k in env for k in slurm) or "OMPI_MCA_orte_hnp_uri" in env:
+    return True
+  try:  # Set by jax's import on TPU VMs; private, hence the guard.
+    from jax._src import cloud_tpu_init
+    return bool(cloud_tpu_init.running_in_cloud_tpu_vm)
+  except (ImportError, AttributeError):
+    return False
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process run; call before anything touches devices.
+
+  Explicit values (launch/gpu_multinode.sh passes all three) win; without
+  them jax reads the cluster's environment, and a plain machine stays one
+  process.
+  """
+  given = (coordinator_address, num_processes, process_id)
+  if any(v is not None for v in given):
+    jax.distributed.initialize(*given)
+  elif on_cluster():
+    jax.distributed.initialize()
 
 
 def make_mesh(axes: Sequence[tuple[str, int]],
@@ -42,9 +81,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def logical_shardings(mesh: Mesh, abstract_tree: Any, rules) -> Any:
-  """Shardings for a (boxed) pytree from its logical axis names."""
+  """Shardings for a (boxed) pytree from its logical axis names.
+
+  A dimension the rules would split unevenly (an RGB output conv's 3
+  channels over fsdp=8) stays whole: jit refuses uneven shardings.
+  """
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, [tuple(r) for r in rules])
+  shardings = nn.logical_to_mesh_sharding(specs, mesh,
+                                          [tuple(r) for r in rules])
+  return jax.tree.map(lambda s, a: _even(s, a.shape), shardings,
+                      nn.unbox(abstract_tree))
+
+
+def _even(sharding: NamedSharding, shape) -> NamedSharding:
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  for i, axes in enumerate(spec):
+    names = axes if isinstance(axes, tuple) else (axes,) if axes else ()
+    if shape[i] % math.prod(sharding.mesh.shape[n] for n in names):
+      spec[i] = None
+  return NamedSharding(sharding.mesh, P(*spec))
+
+
+def bytes_per_device(tree: Any) -> int:
+  """Bytes of the largest shard of each leaf, summed: what one device holds
+  of a pytree of sharded arrays or ShapeDtypeStructs."""
+  return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+             for a in jax.tree.leaves(tree))
 
 
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict:

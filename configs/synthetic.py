@@ -75,6 +75,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sample = dict(steps=4 if tiny else 25, guidance=3.0, frames_before=4,
                   frames_after=4, fps=8)
 
+  # --mode=evaluate: the first num_clips test clips, samples_per_clip samples
+  # each (mean and best-of-samples). steps/guidance None: the model's own.
+  c.eval = dict(
+      num_clips=2 if tiny else 24,
+      samples_per_clip=2,
+      batch_size=4 if tiny else 8,
+      steps=ml_collections.config_dict.placeholder(int),
+      guidance=ml_collections.config_dict.placeholder(float),
+      num_sheets=2 if tiny else 4,
+      classifier_steps=10 if tiny else 600,
+      # FVD's I3D (Kinetics-400) as a local TensorFlow SavedModel; empty: the
+      # report says FVD was not computed.
+      i3d_path="",
+      # LPIPS's published VGG weights as a local .npz (bidigen/models/
+      # lpips.py says how to convert them); empty: not computed.
+      lpips_path="",
+  )
+
   # Mesh axes (name, size; -1 takes the remaining devices) and the rules that
   # map parameters' logical axis names onto them. Everything is replicated
   # over "data" here; configs/webvid.py shards large kernels over "fsdp".

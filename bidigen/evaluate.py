@@ -1,0 +1,489 @@
+"""``--mode=evaluate``: quality, flow and prompt adherence against baselines.
+
+The same model completes windows of test clips with different frames known
+(the tasks below), plus a recursive rollout over the whole clip. Each result
+is compared with the ground truth (PSNR/SSIM by offset, mean and best of
+samples, as in MCVD), with optical flow (warp error, end-point error, the seam
+at F0), with a Fréchet distance in a small classifier's features, and, on the
+synthetic data, with the objects' and camera's known motion. Baselines go
+through the same metrics: copying F0, the model without its prompt, and
+linear flow extrapolation where two neighbouring frames are known.
+"""
+
+import functools
+import json
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image
+
+from bidigen import data as data_lib
+from bidigen import diffusion
+from bidigen import media
+from bidigen import metrics
+from bidigen import sample
+from bidigen.data import synthetic
+from bidigen.models import classifier as clf_lib
+from bidigen.models import lpips as lpips_lib
+
+NOT_COMPUTED = "not computed"
+
+
+def window_tasks(window: int, context: int) -> dict:
+  """name -> (offsets of the window, offsets known). Every window contains
+  F0 known, since the model always sees F0 as its anchor."""
+  h = window // 2
+  return {
+      "bidirectional": (list(range(-h, h + 1)), [0]),
+      "forward": (list(range(window)), list(range(context))),
+      "backward": (list(range(1 - window, 1)), list(range(1 - context, 1))),
+      "interpolation": (list(range(window)), [0, window - 1]),
+  }
+
+
+def complete(params, frames, keys, text, text_mask, null, null_mask, *, vae,
+             unet, offsets, known, steps, guidance):
+  """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1])."""
+  b, w = frames.shape[:2]
+  scale = params["latent_scale"]
+  lat = vae.apply(params["vae"], frames.reshape((b * w,) + frames.shape[2:]),
+                  method=vae.encode)[0] * scale
+  lat = lat.reshape((b, w) + lat.shape[1:])
+  offs = jnp.broadcast_to(jnp.asarray(offsets), (b, w))
+  kn = jnp.broadcast_to(jnp.asarray(known, jnp.float32), (b, w))
+  out = diffusion.denoise_window(
+      unet.apply, params["unet"], sample.frame_noise(keys, offs, lat.shape[2:]),
+      lat, kn, lat[:, offsets.index(0)], offs, text, text_mask, null,
+      null_mask, steps=steps, guidance=guidance)
+  dec = vae.apply(params["vae"], (out / scale).reshape((b * w,) + lat.shape[2:]),
+                  method=vae.decode).reshape(frames.shape)
+  dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
+  return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
+def load_clips(config, count: int) -> list[dict]:
+  """The first ``count`` clips of the test split, decoded."""
+  builder = data_lib.get_builder(config.data)
+  source = builder.as_data_source(split="test")
+  if count > len(source):
+    raise ValueError(f"config.eval.num_clips={count} but the test split has "
+                     f"{len(source)} clips")
+  clips = []
+  for i in range(count):
+    ex = dict(source[i])
+    for k, v in ex.items():
+      ex[k] = v.decode() if isinstance(v, bytes) else np.asarray(v)
+    clips.append(ex)
+  return clips
+
+
+def paraphrase(ex: dict, index: int) -> str:
+  """A caption for the clip's meaning in phrasings training never used."""
+  speed = lambda v: min(synthetic.SPEEDS,
+                        key=lambda k: abs(synthetic.SPEEDS[k] - v))
+  objects = [(synthetic.PALETTE[ex["object_color"][i]][0],
+              synthetic.SHAPES[ex["object_shape"][i]],
+              synthetic.DIRECTIONS[ex["object_direction"][i]],
+              speed(float(ex["object_speed"][i])))
+             for i in range(int(ex["num_objects"]))]
+  meta = {"background": str(ex["background"]), "objects": objects,
+          "camera_motion": synthetic.CAMERA_MOTIONS[int(ex["camera_motion"])]}
+  return synthetic.caption_for(meta, np.random.default_rng(index),
+                               paraphrase=True)
+
+
+class Evaluator:
+  """Runs windows through a loaded model in fixed-size batches."""
+
+  def __init__(self, gen: sample.Generator, batch: int, steps: int,
+               guidance: float):
+    self.gen, self.batch, self.steps, self.guidance = gen, batch, steps, guidance
+    self._fns = {}
+
+  def _fn(self, offsets, known):
+    key = (tuple(offsets), tuple(known))
+    if key not in self._fns:
+      mask = [float(o in known) for o in offsets]
+      self._fns[key] = jax.jit(functools.partial(
+          complete, vae=self.gen.vae, unet=self.gen.unet, offsets=offsets,
+          known=mask, steps=self.steps, guidance=self.guidance))
+    return self._fns[key]
+
+  def run(self, windows, prompts, seeds, offsets, known, label=""):
+    """uint8 windows [N, W, R, R, 3] -> completed windows, in batches."""
+    fn = self._fn(list(offsets), list(known))
+    enc = self.gen.encoder
+    null, null_mask = enc.encode([""] * self.batch)
+    out = []
+    for i in range(0, len(windows), self.batch):
+      n = min(self.batch, len(windows) - i)
+      pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch - n, 0)])
+      w = pad(windows[i:i + n]).astype(np.float32) / 127.5 - 1
+      p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
+      text, mask = enc.encode(p)
+      keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
+      out.append(np.asarray(fn(self.gen.params, w, keys, text, mask, null,
+                               null_mask))[:n])
+      print(f"  {label}: {i + n}/{len(windows)} windows", flush=True)
+    return np.concatenate(out)
+
+  def rollout(self, frames0, prompts, seeds, half: int, label=""):
+    """Recursive expansion F-half..F+half from F0 alone: [N, 2h+1, ...]."""
+    out = []
+    for i in range(0, len(frames0), self.batch):
+      n = min(self.batch, len(frames0) - i)
+      pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch - n, 0)])
+      p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
+      keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
+      out.append(self.gen(pad(frames0[i:i + n]), p, frames_before=half,
+                          frames_after=half, steps=self.steps,
+                          guidance=self.guidance, keys=keys)[:n])
+      print(f"  {label}: {i + n}/{len(frames0)} rollouts", flush=True)
+    return np.concatenate(out)
+
+
+# --- The classifier behind the always-available Fréchet distance ----------
+
+def _to_classifier(video: np.ndarray) -> np.ndarray:
+  """uint8 [..., T, R, R, 3] -> float [-1, 1] at 32px (area average)."""
+  r = video.shape[-2]
+  f = max(1, r // clf_lib.SIDE)
+  v = video.astype(np.float32)
+  v = v.reshape(v.shape[:-3] + (r // f, f, r // f, f, 3)).mean(axis=(-4, -2))
+  return v / 127.5 - 1
+
+
+def train_classifier(config, path: str, steps: int, window: int):
+  """Trains (or loads from ``path``) the feature classifier on the train
+  split; returns (apply function to features, test accuracy dict)."""
+  model = clf_lib.VideoClassifier(len(synthetic.CAMERA_MOTIONS),
+                                  len(synthetic.DIRECTIONS) + 1)
+  init = model.init(jax.random.key(0), jnp.zeros((1, window, clf_lib.SIDE,
+                                                  clf_lib.SIDE, 3)))
+  builder = data_lib.get_builder(config.data)
+
+  def labels(batch):
+    d = batch["object_direction"][:, 0]
+    return batch["camera_motion"], np.where(d < 0, len(synthetic.DIRECTIONS), d)
+
+  def windows(video, rng):
+    t = video.shape[1]
+    s = rng.integers(0, t - window + 1, len(video))
+    return np.stack([v[i:i + window] for v, i in zip(video, s)])
+
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      saved = flax.serialization.msgpack_restore(f.read())
+    params, accuracy = saved["params"], saved["accuracy"]
+  else:
+    tx = optax.adam(2e-3)
+    params, opt = init, tx.init(init)
+
+    @jax.jit
+    def step(params, opt, x, cam, dirn):
+      def loss_fn(p):
+        _, lc, ld = model.apply(p, x)
+        return (optax.softmax_cross_entropy_with_integer_labels(lc, cam).mean()
+                + optax.softmax_cross_entropy_with_integer_labels(
+                    ld, dirn).mean())
+      loss, g = jax.value_and_grad(loss_fn)(params)
+      up, opt = tx.update(g, opt, params)
+      return optax.apply_updates(params, up), opt, loss
+
+    it = iter(data_lib.make_loader(builder, "train", global_batch_size=16,
+                                   seed=config.seed, shard_index=0,
+                                   shard_count=1))
+    rng = np.random.default_rng(config.seed)
+    t0 = time.time()
+    for i in range(steps):
+      b = next(it)
+      cam, dirn = labels(b)
+      params, opt, loss = step(params, opt,
+                               _to_classifier(windows(b["video"], rng)), cam,
+                               dirn)
+      if (i + 1) % max(1, steps // 4) == 0:
+        print(f"  feature classifier: step {i + 1}/{steps} loss "
+              f"{float(loss):.3f} ({time.time() - t0:.0f}s)", flush=True)
+    test = next(iter(data_lib.make_loader(
+        builder, "test", global_batch_size=min(
+            64, data_lib.pipeline.num_examples(builder, "test")),
+        seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1)))
+    cam, dirn = labels(test)
+    _, lc, ld = model.apply(params, _to_classifier(windows(test["video"],
+                                                           rng)))
+    accuracy = {"camera": float(np.mean(np.argmax(lc, -1) == cam)),
+                "direction": float(np.mean(np.argmax(ld, -1) == dirn))}
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(
+          {"params": jax.device_get(params), "accuracy": accuracy}))
+    os.replace(tmp, path)
+  apply = jax.jit(lambda p, x: model.apply(p, x)[0])
+  return (lambda video: np.asarray(apply(params, _to_classifier(video))),
+          accuracy)
+
+
+# --- Metrics of one variant on one task ------------------------------------
+
+def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
+          clips=None, lpips_fn=None) -> dict:
+  """gen [N, S, W, R, R, 3] vs truth [N, W, R, R, 3] -> metrics dict."""
+  unknown = [i for i, o in enumerate(offsets) if o not in known]
+  t = truth[:, None, unknown]
+  g = gen[:, :, unknown]
+  p = metrics.psnr(g, np.broadcast_to(t, g.shape))  # [N, S, U]
+  s = metrics.ssim(g, np.broadcast_to(t, g.shape))
+  out = {
+      "psnr": float(p.mean()), "psnr_best": float(p.mean(-1).max(1).mean()),
+      "ssim": float(s.mean()), "ssim_best": float(s.mean(-1).max(1).mean()),
+      "psnr_by_offset": {str(offsets[u]): float(p[..., j].mean())
+                         for j, u in enumerate(unknown)},
+      "ssim_by_offset": {str(offsets[u]): float(s[..., j].mean())
+                         for j, u in enumerate(unknown)},
+  }
+  if lpips_fn is not None:
+    flat = lambda a: a.reshape((-1,) + a.shape[-3:])
+    lp = lpips_fn(flat(g), flat(np.broadcast_to(t, g.shape))).reshape(
+        p.shape)
+    out["lpips"] = float(lp.mean())
+    out["lpips_best"] = float(lp.mean(-1).min(1).mean())
+  warp = np.array([[metrics.warp_errors(x) for x in per] for per in gen])
+  out["warp_error"] = float(warp.mean())
+  out["flow_epe"] = float(np.mean([[metrics.flow_epe(x, tr) for x in per]
+                                   for per, tr in zip(gen, truth)]))
+  if 0 < offsets.index(0) < len(offsets) - 1:
+    out["seam_ratio"] = float(np.mean([metrics.seam_ratio(e, offsets.index(0))
+                                       for e in warp.reshape(
+                                           -1, warp.shape[-1])]))
+  # Adherence only where the prompt is all the model has about motion.
+  if (clips is not None and "object_positions" in clips[0]
+      and list(known) == [0]):
+    out.update(adherence(gen, truth, offsets, clips))
+  return out
+
+
+def adherence(gen, truth, offsets, clips) -> dict:
+  """Direction accuracy and position error of colour-tracked objects, and
+  camera motion agreement with the ground truth's global flow."""
+  res = gen.shape[-2]
+  correct, errors, cams = [], [], []
+  centre = clips[0]["video"].shape[0] // 2
+  idx = [centre + o for o in offsets]
+  for ex, per, tr in zip(clips, gen, truth):
+    cam_true = metrics.camera_class(tr[0], tr[-1])
+    for x in per:
+      cams.append(metrics.camera_class(x[0], x[-1]) == cam_true)
+      for i in range(int(ex["num_objects"])):
+        track = metrics.track_colour(x, ex["object_rgb"][i])
+        direction = synthetic.DIRECTIONS[ex["object_direction"][i]]
+        correct.append(metrics.direction_correct(track, direction))
+        want = ex["object_positions"][idx, i] * res
+        err = np.linalg.norm(track - want, axis=-1)
+        errors.extend(err[np.isfinite(err)].tolist())
+  return {"direction_accuracy": float(np.mean(correct)) if correct else None,
+          "position_error_px": float(np.mean(errors)) if errors else None,
+          "camera_accuracy": float(np.mean(cams))}
+
+
+# --- LPIPS and FVD: standard networks from a local path only ---------------
+
+def fvd_features(path: str):
+  """The I3D (Kinetics-400) network as a TensorFlow SavedModel at ``path``,
+  called on 16-frame clips at 224x224 in [-1, 1]; returns its logits."""
+  import tensorflow as tf  # Only when FVD is asked for.
+  model = tf.saved_model.load(path)
+
+  def features(video: np.ndarray) -> np.ndarray:
+    v = tf.image.resize(video.reshape((-1,) + video.shape[-3:]).astype(
+        np.float32), (224, 224))
+    v = tf.reshape(v, video.shape[:2] + (224, 224, 3)) / 127.5 - 1
+    return np.asarray(model(v))
+  return features
+
+
+def _sheet(truth, gen, offsets, path):
+  top = media.contact_sheet(truth, offsets)
+  bottom = media.contact_sheet(gen, offsets)
+  Image.fromarray(np.concatenate([top, bottom], axis=0)).save(path)
+
+
+def _table(rows, cols) -> str:
+  fmt = lambda v: ("-" if v is None else f"{v:.3f}" if isinstance(v, float)
+                   else str(v))
+  head = "| variant | " + " | ".join(cols) + " |"
+  line = "|" + "---|" * (len(cols) + 1)
+  body = [f"| {name} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |"
+          for name, r in rows.items()]
+  return "\n".join([head, line] + body)
+
+
+def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
+  """Writes workdir/report.json, report.md and sheets/; returns the report."""
+  ev = config.eval
+  if ev.num_clips < 1 or ev.samples_per_clip < 1:
+    raise ValueError("config.eval.num_clips and config.eval.samples_per_clip "
+                     f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  clips = load_clips(config, ev.num_clips)
+  gen = sample.Generator(checkpoint)
+  mcfg = gen.config
+  steps = ev.steps or mcfg.sample.steps
+  guidance = mcfg.sample.guidance if ev.guidance is None else ev.guidance
+  window, context = mcfg.model.window, mcfg.model.context_frames
+  video = np.stack([c["video"] for c in clips])
+  if video.shape[-2] != gen.resolution:
+    raise ValueError(f"the test clips are {video.shape[-2]}px but the model "
+                     f"generates {gen.resolution}px")
+  n_frames, centre = video.shape[1], video.shape[1] // 2
+  if centre < window - 1:
+    raise ValueError(f"clips of {n_frames} frames are too short to evaluate a "
+                     f"{window}-frame window both ways")
+  runner = Evaluator(gen, ev.batch_size, steps, guidance)
+  s = ev.samples_per_clip
+  captions = [str(c["caption"]) for c in clips]
+  seeds = [config.seed * 100_003 + i for i in range(len(clips) * s)]
+  rep = lambda a: np.repeat(np.asarray(a), s, axis=0)
+  synthetic_data = "object_positions" in clips[0]
+
+  print(f"evaluate: {len(clips)} clips x {s} samples, {steps} steps, "
+        f"guidance {guidance}", flush=True)
+  feature_fn, clf_acc = (None, None)
+  if synthetic_data:
+    feature_fn, clf_acc = train_classifier(
+        config, os.path.join(workdir, "classifier.msgpack"),
+        ev.classifier_steps, window)
+  fvd_fn = fvd_features(ev.i3d_path) if ev.i3d_path else None
+  lpips_fn = None
+  if ev.lpips_path:
+    weights = lpips_lib.load(ev.lpips_path)
+    lpips_fn = lambda a, b: np.asarray(lpips_lib.distance(weights, a, b))
+
+  report = {"checkpoint": checkpoint or "embedded default model",
+            "num_clips": len(clips), "samples_per_clip": s, "steps": steps,
+            "guidance": guidance, "tasks": {}}
+  sheets = {}
+  for name, (offsets, known) in window_tasks(window, context).items():
+    idx = [centre + o for o in offsets]
+    truth = video[:, idx]
+    inputs = rep(truth)
+    rows, results = {}, {}
+    variants = {"model": captions, "no_text": [""] * len(captions)}
+    if name == "bidirectional" and synthetic_data:
+      variants["model_paraphrase"] = [paraphrase(c, i)
+                                      for i, c in enumerate(clips)]
+    for variant, prompts in variants.items():
+      out = runner.run(inputs, rep(prompts), seeds, offsets, known,
+                       label=f"{name}/{variant}")
+      results[variant] = out.reshape((len(clips), s) + out.shape[1:])
+    copy = np.broadcast_to(truth[:, None, offsets.index(0)][:, :, None],
+                           truth[:, None].shape).copy()
+    copy[:, :, [offsets.index(k) for k in known]] = truth[
+        :, None, [offsets.index(k) for k in known]]
+    results["copy_f0"] = copy
+    if name in ("forward", "backward"):
+      results["linear_flow"] = _linear_flow(truth, offsets, known)[:, None]
+    for variant, g in results.items():
+      rows[variant] = score(g, truth, offsets, known,
+                            clips if synthetic_data else None, lpips_fn)
+      if feature_fn is not None:
+        rows[variant]["classifier_frechet"] = metrics.frechet_distance(
+            feature_fn(truth), feature_fn(g.reshape((-1,) + g.shape[2:])))
+    rows["ground_truth"] = {"warp_error": float(np.mean(
+        [metrics.warp_errors(x) for x in truth]))}
+    report["tasks"][name] = rows
+    sheets[name] = (truth, results["model"][:, 0], offsets)
+
+  # The long rollout: recursive expansion over the whole clip from F0 alone.
+  half = centre
+  offsets = list(range(-half, half + 1))
+  truth = video
+  rows = {}
+  for variant, prompts in (("model", captions), ("no_text", [""] * len(clips))):
+    out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
+                         label=f"rollout/{variant}")
+    g = out.reshape((len(clips), s) + out.shape[1:])
+    rows[variant] = score(g, truth, offsets, [0],
+                          clips if synthetic_data else None, lpips_fn)
+    if fvd_fn is not None:
+      rows[variant]["fvd"] = metrics.frechet_distance(
+          fvd_fn(truth[:, :16]), fvd_fn(g.reshape((-1,) + g.shape[2:])[:, :16]))
+    if variant == "model":
+      sheets["rollout"] = (truth, g[:, 0], offsets)
+  copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
+  rows["copy_f0"] = score(copy, truth, offsets, [0],
+                          clips if synthetic_data else None)
+  report["tasks"]["rollout"] = rows
+
+  report["lpips"] = ("in the rows (VGG, from config.eval.lpips_path)"
+                     if lpips_fn else f"{NOT_COMPUTED}: config.eval."
+                     "lpips_path is empty (LPIPS needs its published VGG "
+                     "weights as a local .npz; see bidigen/models/lpips.py)")
+  report["fvd"] = ("see the rollout rows" if fvd_fn is not None else
+                   f"{NOT_COMPUTED}: config.eval.i3d_path is empty (FVD needs "
+                   "the I3D Kinetics-400 network as a local SavedModel)")
+  report["classifier"] = (
+      {"test_accuracy": clf_acc, "note": "features of a small video classifier "
+       "trained on the synthetic train split (camera motion, direction)"}
+      if clf_acc else f"{NOT_COMPUTED}: the data has no motion labels")
+  report["seconds"] = round(time.time() - t_start, 1)
+  _write(workdir, report, sheets, ev.num_sheets)
+  return report
+
+
+def _linear_flow(truth, offsets, known):
+  """Continues the flow between the two known frames nearest the unknown
+  ones (forward: the last two; backward: the first two)."""
+  out = truth.copy()
+  ki = sorted(offsets.index(k) for k in known)
+  unknown = [i for i in range(len(offsets)) if i not in ki]
+  if unknown[0] > ki[-1]:  # Forward.
+    prev, last = ki[-2], ki[-1]
+  else:
+    prev, last = ki[1], ki[0]
+  for n, clip in enumerate(truth):
+    ext = metrics.extrapolate(clip[prev], clip[last], len(unknown))
+    order = unknown if unknown[0] > last else unknown[::-1]
+    out[n, order] = ext
+  return out
+
+
+def _write(workdir, report, sheets, num_sheets):
+  """report.json, report.md and sheets/, each replaced in one step."""
+  cols = ["psnr", "psnr_best", "ssim", "ssim_best", "lpips", "lpips_best",
+          "warp_error",
+          "flow_epe", "seam_ratio", "direction_accuracy",
+          "position_error_px", "camera_accuracy", "classifier_frechet", "fvd"]
+  md = [f"# bidigen evaluation: {report['checkpoint']}", "",
+        f"{report['num_clips']} test clips x {report['samples_per_clip']} "
+        f"samples, {report['steps']} DDIM steps, guidance "
+        f"{report['guidance']}, {report['seconds']} s.", ""]
+  for task, rows in report["tasks"].items():
+    used = [c for c in cols if any(r.get(c) is not None for r in rows.values())]
+    md += [f"## {task}", "", _table(rows, used), ""]
+    by = rows["model"]["psnr_by_offset"]
+    md += ["PSNR by offset (model vs copy-F0):", "",
+           "| offset | " + " | ".join(by) + " |",
+           "|" + "---|" * (len(by) + 1),
+           "| model | " + " | ".join(f"{v:.2f}" for v in by.values()) + " |",
+           "| copy_f0 | " + " | ".join(
+               f"{v:.2f}" for v in rows["copy_f0"]["psnr_by_offset"].values())
+           + " |", ""]
+  md += [f"LPIPS: {report['lpips']}", "", f"FVD: {report['fvd']}", "",
+         f"Classifier: {report['classifier']}", ""]
+  for name, text in (("report.json", json.dumps(report, indent=1)),
+                     ("report.md", "\n".join(md))):
+    tmp = os.path.join(workdir, f".{name}.tmp")
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
+  with media.atomic_folder(os.path.join(workdir, "sheets")) as tmp:
+    for task, (truth, gen, offsets) in sheets.items():
+      for i in range(min(num_sheets, len(truth))):
+        _sheet(truth[i], gen[i], offsets,
+               os.path.join(tmp, f"{task}_clip{i:03d}.png"))

@@ -1,0 +1,144 @@
+"""Video metrics for evaluation: pixels, flow, distributions, prompt adherence.
+
+Pure NumPy/OpenCV functions on uint8 frames [..., H, W, 3], so each one can be
+checked on clips with a known answer.
+"""
+
+import cv2
+import numpy as np
+from scipy import linalg
+from skimage import metrics as skm
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """PSNR in dB over the last three axes (identical frames give 100)."""
+  err = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2,
+                axis=(-3, -2, -1))
+  return np.where(err > 0, 10 * np.log10(255.0 ** 2 / np.maximum(err, 1e-10)),
+                  100.0)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """SSIM per frame over the last three axes (skimage, 7x7 windows)."""
+  lead = a.shape[:-3]
+  fa = a.reshape((-1,) + a.shape[-3:])
+  fb = b.reshape((-1,) + b.shape[-3:])
+  out = [skm.structural_similarity(x, y, channel_axis=-1, data_range=255)
+         for x, y in zip(fa, fb)]
+  return np.asarray(out).reshape(lead)
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+  """Fréchet distance between Gaussians fitted to feature sets [N, D]."""
+  mu1, mu2 = x.mean(0), y.mean(0)
+  s1 = np.atleast_2d(np.cov(x, rowvar=False))
+  s2 = np.atleast_2d(np.cov(y, rowvar=False))
+  covmean = linalg.sqrtm(s1 @ s2)
+  if not np.isfinite(covmean).all():  # Near-singular: regularise.
+    eps = np.eye(len(s1)) * 1e-6
+    covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+  covmean = np.real(covmean)
+  return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+               - 2 * np.trace(covmean))
+
+
+# --- Optical flow (OpenCV DIS) ---------------------------------------------
+
+def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Dense flow [H, W, 2] (pixels) taking frame a to frame b."""
+  dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+  ga = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+  gb = cv2.cvtColor(np.ascontiguousarray(b), cv2.COLOR_RGB2GRAY)
+  return dis.calc(ga, gb, None)
+
+
+def warp(frame: np.ndarray, fl: np.ndarray) -> np.ndarray:
+  """Samples ``frame`` at p + fl(p): warps frame b back onto a when fl is
+  the flow a -> b."""
+  h, w = fl.shape[:2]
+  gx, gy = np.meshgrid(np.arange(w, dtype=np.float32),
+                       np.arange(h, dtype=np.float32))
+  return cv2.remap(frame, gx + fl[..., 0], gy + fl[..., 1],
+                   cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp_errors(frames: np.ndarray) -> np.ndarray:
+  """Mean absolute error (0-1) of each next frame warped onto the previous
+  one by their flow: [T] -> [T - 1]. Low means motion a flow explains."""
+  out = []
+  for a, b in zip(frames[:-1], frames[1:]):
+    back = warp(b, flow(a, b)).astype(np.float32)
+    out.append(np.mean(np.abs(back - a.astype(np.float32))) / 255.0)
+  return np.asarray(out)
+
+
+def flow_epe(frames: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """End-point error (px) between consecutive-frame flows of generated and
+  ground-truth frames: [T] -> [T - 1]."""
+  return np.asarray([
+      np.mean(np.linalg.norm(flow(a, b) - flow(c, d), axis=-1))
+      for a, b, c, d in zip(frames[:-1], frames[1:], truth[:-1], truth[1:])])
+
+
+def seam_ratio(errors: np.ndarray, centre: int) -> float:
+  """Warp error of the two steps touching F0 (index ``centre`` of the
+  frames) over that of the other steps: about 1 when F0 shows no jump."""
+  at = [centre - 1, centre]
+  rest = np.delete(errors, at)
+  return float(np.mean(errors[at]) / max(np.mean(rest), 1e-6))
+
+
+def extrapolate(prev: np.ndarray, last: np.ndarray, count: int) -> np.ndarray:
+  """The linear-flow baseline: the motion prev -> last continued for
+  ``count`` frames (each new frame is ``last`` warped by k times it)."""
+  fl = flow(last, prev)  # Where each pixel of `last` came from.
+  return np.stack([warp(last, k * fl) for k in range(1, count + 1)])
+
+
+def camera_class(frames_a: np.ndarray, frames_b: np.ndarray,
+                 threshold: float = 0.75) -> str:
+  """Camera motion a -> b read from the global flow: static, pan_* (the
+  camera's direction, opposite to the content's) or zoom_in/out."""
+  fl = flow(frames_a, frames_b)
+  h, w = fl.shape[:2]
+  dx, dy = float(np.median(fl[..., 0])), float(np.median(fl[..., 1]))
+  gx, gy = np.meshgrid(np.arange(w) - (w - 1) / 2, np.arange(h) - (h - 1) / 2)
+  radial = (fl[..., 0] * gx + fl[..., 1] * gy) / np.maximum(
+      np.hypot(gx, gy), 1.0)
+  div = float(np.median(radial)) * 2  # Edge-to-centre scale change, in px.
+  scores = {"pan_left": dx, "pan_right": -dx, "pan_up": dy,
+            "pan_down": -dy, "zoom_in": div, "zoom_out": -div}
+  best = max(scores, key=scores.get)
+  return best if scores[best] > threshold else "static"
+
+
+# --- Prompt adherence: objects tracked by colour ---------------------------
+
+def track_colour(frames: np.ndarray, rgb, tolerance: float = 70.0,
+                 min_pixels: int = 3) -> np.ndarray:
+  """Centroid (x, y) in pixels of the pixels near colour ``rgb`` in each
+  frame [T, H, W, 3] -> [T, 2]; NaN where the object is not found."""
+  d = np.linalg.norm(frames.astype(np.float32) - np.asarray(rgb, np.float32),
+                     axis=-1)
+  out = np.full((len(frames), 2), np.nan)
+  for t, m in enumerate(d < tolerance):
+    if m.sum() >= min_pixels:
+      ys, xs = np.nonzero(m)
+      out[t] = xs.mean(), ys.mean()
+  return out
+
+
+UNIT = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0),
+        "down": (0.0, 1.0)}
+
+
+def direction_correct(track: np.ndarray, direction: str,
+                      min_move: float = 1.0) -> bool:
+  """Did the tracked object move ``direction`` from first to last frame
+  (at least ``min_move`` px along it, and more along it than across)?"""
+  if np.isnan(track[[0, -1]]).any():
+    return False
+  move = track[-1] - track[0]
+  along = float(move @ np.asarray(UNIT[direction]))
+  return along >= min_move and along > abs(move[0] * UNIT[direction][1]
+                                            + move[1] * UNIT[direction][0])

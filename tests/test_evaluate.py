@@ -1,0 +1,231 @@
+"""Evaluation: each metric on clips with a known answer, and --mode=evaluate
+end to end on the tiny config."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import linalg
+from skimage import data as skdata
+
+from bidigen import metrics
+from bidigen.data import synthetic
+from tests.test_cli import run_main
+
+
+def texture(size=64):
+  """A real photograph (the astronaut), downscaled: flow needs texture."""
+  return np.asarray(Image.fromarray(skdata.astronaut()).resize((size, size)))
+
+
+def panning(shift: float, count: int, size=48, axis=1):
+  """Frames cut from one photo, each ``shift`` px further along ``axis``:
+  the content moves by -shift px per frame."""
+  big = np.asarray(Image.fromarray(skdata.astronaut()).resize((160, 160)))
+  out = []
+  for k in range(count):
+    o = int(round(40 + k * shift))
+    out.append(big[40:40 + size, o:o + size] if axis == 1
+               else big[o:o + size, 40:40 + size])
+  return np.stack(out)
+
+
+def test_psnr_and_ssim_known_values():
+  a = texture()
+  assert metrics.psnr(a, a) == 100.0
+  b = np.clip(a.astype(int) + 10, 0, 255).astype(np.uint8)
+  err = np.mean((a.astype(float) - b) ** 2)
+  assert metrics.psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / err))
+  assert metrics.ssim(a[None], a[None])[0] == pytest.approx(1.0)
+  noisy = np.clip(a + np.random.default_rng(0).normal(0, 40, a.shape), 0,
+                  255).astype(np.uint8)
+  assert metrics.ssim(a[None], noisy[None])[0] < 0.8
+  assert metrics.psnr(np.stack([a, a]), np.stack([a, b])).shape == (2,)
+
+
+def test_frechet_distance_against_scipy_reference():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(400, 6))
+  y = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 0.5
+  assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+  # Reference: trace of sqrt(S1 S2) from the eigenvalues of S1 S2.
+  s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  tr = np.sum(np.sqrt(np.abs(linalg.eigvals(s1 @ s2))))
+  ref = (np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1) + np.trace(s2)
+         - 2 * tr)
+  assert metrics.frechet_distance(x, y) == pytest.approx(ref, rel=1e-5)
+  assert metrics.frechet_distance(x, y) > 1.0
+
+
+def test_flow_of_a_shifted_clip_and_its_warp_error():
+  frames = panning(2, 6)
+  fl = metrics.flow(frames[0], frames[1])
+  assert np.median(fl[..., 0]) == pytest.approx(-2, abs=0.3)
+  assert abs(np.median(fl[..., 1])) < 0.3
+  smooth = metrics.warp_errors(frames)
+  shuffled = metrics.warp_errors(frames[[0, 5, 1, 4, 2, 3]])
+  assert smooth.mean() < 0.5 * shuffled.mean()
+  assert metrics.flow_epe(frames, frames).max() == pytest.approx(0.0)
+  other = panning(-2, 6)  # Opposite motion: 4 px apart each step.
+  assert metrics.flow_epe(frames, other).mean() > 2.5
+
+
+def test_seam_at_f0():
+  frames = panning(1, 9)
+  errors = metrics.warp_errors(frames)
+  assert metrics.seam_ratio(errors, 4) == pytest.approx(1.0, abs=0.5)
+  jump = frames.copy()
+  jump[:4] = np.clip(jump[:4].astype(int) + 60, 0, 255)  # F-4..F-1 differ.
+  assert metrics.seam_ratio(metrics.warp_errors(jump), 4) > 3
+
+
+def test_linear_flow_extrapolation_continues_the_motion():
+  frames = panning(1, 6)
+  ext = metrics.extrapolate(frames[0], frames[1], 3)
+  inner = (slice(None), slice(6, -6), slice(6, -6))
+  good = metrics.psnr(ext[inner], frames[2:5][inner])
+  copy = metrics.psnr(np.repeat(frames[1:2], 3, 0)[inner],
+                      frames[2:5][inner])
+  assert (good > copy + 3).all(), (good, copy)
+
+
+@pytest.mark.parametrize("shift,axis,want", [
+    (2, 1, "pan_right"), (-2, 1, "pan_left"), (2, 0, "pan_down"),
+    (-2, 0, "pan_up"), (0, 1, "static")])
+def test_camera_class_of_pans(shift, axis, want):
+  frames = panning(shift, 4, axis=axis)
+  assert metrics.camera_class(frames[0], frames[3]) == want
+
+
+def test_camera_class_of_zooms():
+  big = Image.fromarray(skdata.astronaut()).resize((192, 192))
+  crop = lambda s: np.asarray(big.crop((96 - s, 96 - s, 96 + s, 96 + s))
+                              .resize((48, 48)))
+  assert metrics.camera_class(crop(60), crop(45)) == "zoom_in"
+  assert metrics.camera_class(crop(45), crop(60)) == "zoom_out"
+
+
+def test_colour_tracking_on_a_rendered_clip():
+  photos = {"chelsea": Image.fromarray(synthetic.load_photo("chelsea"))}
+  for seed in range(40):
+    features, meta = synthetic.make_clip(seed, photos, 64, 17)
+    if features["num_objects"] >= 1:
+      break
+  video = features["video"]
+  for i in range(int(features["num_objects"])):
+    track = metrics.track_colour(video, features["object_rgb"][i])
+    want = features["object_positions"][:, i] * 64
+    err = np.linalg.norm(track - want, axis=-1)
+    assert np.nanmean(err) < 1.5, err
+    direction = meta["objects"][i][2]
+    assert metrics.direction_correct(track, direction)
+    opposite = {"left": "right", "right": "left", "up": "down",
+                "down": "up"}[direction]
+    assert not metrics.direction_correct(track, opposite)
+    still = np.repeat(track[8:9], 17, 0)  # A copy of F0 does not move.
+    assert not metrics.direction_correct(still, direction)
+
+
+def test_evaluate_end_to_end_on_tiny(tmp_path):
+  from bidigen import train
+  from configs import synthetic as synthetic_config
+  data_dir = str(tmp_path / "tfds")
+  config = synthetic_config.get_config("tiny")
+  config.data.data_dir = data_dir
+  wd = str(tmp_path / "run")
+  train.train(config, wd)
+
+  out = str(tmp_path / "eval")
+  proc = run_main("--config=configs/synthetic.py:tiny", "--mode=evaluate",
+                  f"--workdir={out}", f"--checkpoint={wd}",
+                  f"--config.data.data_dir={data_dir}",
+                  "--config.eval.steps=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "report.md" in proc.stdout
+  with open(os.path.join(out, "report.json")) as f:
+    report = json.load(f)
+  assert report["num_clips"] == 2 and report["samples_per_clip"] == 2
+  tasks = report["tasks"]
+  assert set(tasks) == {"bidirectional", "forward", "backward",
+                        "interpolation", "rollout"}
+  assert set(tasks["bidirectional"]) == {"model", "no_text",
+                                         "model_paraphrase", "copy_f0",
+                                         "ground_truth"}
+  assert "linear_flow" in tasks["forward"] and "linear_flow" in tasks[
+      "backward"]
+  model = tasks["bidirectional"]["model"]
+  assert sorted(model["psnr_by_offset"], key=int) == [
+      "-4", "-3", "-2", "-1", "1", "2", "3", "4"]
+  assert model["psnr_best"] >= model["psnr"]
+  for key in ("ssim", "warp_error", "flow_epe", "seam_ratio",
+              "direction_accuracy", "camera_accuracy", "classifier_frechet"):
+    assert np.isfinite(model[key]), key
+  # Copying F0 moves nothing: no object goes the prompted way.
+  copy = tasks["bidirectional"]["copy_f0"]
+  assert copy["direction_accuracy"] == 0.0 and copy["warp_error"] == 0.0
+  assert sorted(tasks["rollout"]["model"]["psnr_by_offset"], key=int)[0] \
+      == "-8"
+  assert report["fvd"].startswith("not computed")
+  with open(os.path.join(out, "report.md")) as f:
+    md = f.read()
+  assert "## bidirectional" in md and "| copy_f0 |" in md
+  sheets = sorted(os.listdir(os.path.join(out, "sheets")))
+  assert "bidirectional_clip000.png" in sheets and len(sheets) == 10
+  sheet = np.asarray(Image.open(os.path.join(out, "sheets", sheets[0])))
+  assert sheet.shape[0] > 2 * 32  # Ground truth above, generated below.
+
+
+def test_lpips_from_a_local_weights_file(tmp_path):
+  from bidigen.models import lpips
+  rng = np.random.default_rng(0)
+  weights, cin = {}, 3
+  for i, w in zip(lpips.CONVS, lpips.WIDTHS):
+    weights[f"features.{i}.weight"] = rng.normal(
+        0, np.sqrt(2 / (9 * cin)), (w, cin, 3, 3)).astype(np.float32)
+    weights[f"features.{i}.bias"] = np.zeros(w, np.float32)
+    cin = w
+  for k, c in enumerate((64, 128, 256, 512, 512)):
+    weights[f"lin{k}.model.1.weight"] = np.abs(
+        rng.normal(size=(1, c, 1, 1))).astype(np.float32)
+  path = str(tmp_path / "lpips.npz")
+  np.savez(path, **weights)
+  params = lpips.load(path)
+  a = texture(32)[None]
+  noise = lambda s: np.clip(a + rng.normal(0, s, a.shape), 0, 255).astype(
+      np.uint8)
+  b, c = noise(10), noise(60)
+  assert float(lpips.distance(params, a, a)[0]) == pytest.approx(0, abs=1e-6)
+  small, large = (float(lpips.distance(params, a, x)[0]) for x in (b, c))
+  assert 0 < small < large
+  assert float(lpips.distance(params, c, a)[0]) == pytest.approx(large,
+                                                                  rel=1e-4)
+  weights["lin2.model.1.weight"] = np.zeros((1, 7, 1, 1), np.float32)
+  np.savez(path, **weights)
+  with pytest.raises(ValueError, match="lin2.model.1.weight"):
+    lpips.load(path)
+
+
+def test_fvd_features_from_a_saved_model(tmp_path):
+  import tensorflow as tf
+  from bidigen import evaluate
+
+  class Tiny(tf.Module):
+    """Stands in for I3D: a SavedModel taking [N, T, 224, 224, 3]."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 224, 224, 3])])
+    def __call__(self, video):
+      return tf.concat([tf.reduce_mean(video, [1, 2, 3]),
+                        tf.math.reduce_std(video, [1, 2, 3])], -1)
+
+  path = str(tmp_path / "i3d")
+  tf.saved_model.save(Tiny(), path)
+  features = evaluate.fvd_features(path)
+  rng = np.random.default_rng(0)
+  videos = rng.integers(0, 255, (6, 16, 32, 32, 3), dtype=np.uint8)
+  f = features(videos)
+  assert f.shape == (6, 6)
+  assert metrics.frechet_distance(f, f) == pytest.approx(0, abs=1e-6)
+  dark = features(videos // 4)
+  assert metrics.frechet_distance(f, dark) > 0.1
