@@ -3,6 +3,10 @@
 Prepare the data once (the CSV of ids/captions and the downloaded videos go in
 --config.data.manual_dir), then train on a TPU slice or GPU cluster:
   python -m bidigen.main --config=configs/webvid.py --mode=prepare
+Your own clips instead (a folder of videos and a captions.csv of path,caption):
+  python -m bidigen.main --config=configs/webvid.py \
+      --config.data.name=video_folder --config.data.manual_dir=DIR \
+      --mode=prepare
   python -m bidigen.main --config=configs/webvid.py --mode=train \
       --workdir=gs://BUCKET/bidigen/webvid
 Variants: ``:runlocal`` keeps the recipe's shapes but a small batch and few
