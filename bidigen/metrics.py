@@ -52,6 +52,21 @@ def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
   return dis.calc(ga, gb, None)
 
 
+def clip_flows(video: np.ndarray, factor: int = 1) -> np.ndarray:
+  """Flow t -> t+1 of clips [B, T, H, W, 3] -> [B, T-1, H/f, W/f, 2], area
+  averaged and scaled to a grid ``factor`` times coarser (the latents').
+
+  Training's flow regularisation computes it on the fly on the host: DIS
+  at these sizes costs milliseconds per clip, far below a step, and any
+  dataset (synthetic or prepared video) gets it without re-preparing.
+  """
+  b, t, h, w, _ = video.shape
+  out = np.stack([np.stack([flow(c[i], c[i + 1]) for i in range(t - 1)])
+                  for c in video])
+  out = out.reshape(b, t - 1, h // factor, factor, w // factor, factor, 2)
+  return (out.mean(axis=(3, 5)) / factor).astype(np.float32)
+
+
 def warp(frame: np.ndarray, fl: np.ndarray) -> np.ndarray:
   """Samples ``frame`` at p + fl(p): warps frame b back onto a when fl is
   the flow a -> b."""

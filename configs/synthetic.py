@@ -65,6 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       task_probs=(0.25, 0.3, 0.3, 0.15),
       # Up-weights the loss where frames differ from F0 (0 = plain MSE).
       motion_weight=0.0,
+      # Optical-flow regularisation (diffusion.flow_loss): predicted frames
+      # warped by the clip's flow (OpenCV DIS, computed on the host) should
+      # land on their neighbours. 0 turns it off.
+      flow_weight=0.0,
       log_every=1 if tiny else 50,
       checkpoint_every=3 if tiny else 250,
       keep_checkpoints=3,
