@@ -5,9 +5,12 @@ step function, jitted once with explicit shardings and a donated state, so
 nothing recompiles after its first step.
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -226,10 +229,16 @@ def validate(config, mesh=None) -> None:
 
 
 def host_batch(raw: dict, encoder, *, seed: int, step: int,
-               text_dropout: float) -> dict:
-  """Numpy batch for the device; captions dropped to "" for guidance."""
+               text_dropout: float, row: int = 0,
+               global_rows: int | None = None) -> dict:
+  """Numpy batch for the device; captions dropped to "" for guidance.
+
+  ``raw`` holds rows ``row...`` of a global batch of ``global_rows``: the
+  same captions drop however many processes share the batch.
+  """
   captions = [str(c) for c in raw["caption"]]
-  drop = np.random.default_rng([seed, step]).random(len(captions))
+  drop = np.random.default_rng([seed, step]).random(
+      global_rows or len(captions))[row:row + len(captions)]
   captions = ["" if d < text_dropout else c for d, c in zip(drop, captions)]
   emb, mask = encoder.encode(captions)
   return {"video": np.asarray(raw["video"]), "text": emb, "text_mask": mask}
@@ -281,7 +290,13 @@ def restore_for_sampling(workdir: str):
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (or resumes) in ``workdir``; returns the final state."""
+  """Trains (or resumes) in ``workdir``; returns the final state.
+
+  Every process runs this; each reads its rows of the global batch. SIGTERM
+  (a preemption notice) saves a checkpoint at the step reached and returns,
+  so a later run resumes there; a SIGKILL loses the steps since the last
+  checkpoint.
+  """
   cfg = config.train
   validate(config)  # Before any slow work.
   builder = data_lib.get_builder(config.data, prepare=True)
@@ -290,13 +305,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       config.model.text.kind, config.model.text.path,
       config.model.text.max_length)
   trainer = Trainer(config, mesh, encoder.dim)
+  process, processes = jax.process_index(), jax.process_count()
   loader = data_lib.make_loader(builder, "train",
                                 global_batch_size=cfg.batch_size,
-                                seed=config.seed)
+                                seed=config.seed, shard_index=process,
+                                shard_count=processes)
   data_iter = iter(loader)
 
   mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)
   args = checkpoints.ocp.args
+  is_main = process == 0
+  jsonl = os.path.join(workdir, "metrics.jsonl")
   start = mngr.latest_step()
   if start is None:
     state = trainer.init(jax.random.key(config.seed))
@@ -310,17 +329,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         state=args.StandardRestore(trainer.abstract_state),
         data=grain.checkpoint.CheckpointRestore(data_iter)))
     state = restored["state"]
+    if is_main:  # Steps after the checkpoint are logged again below.
+      drop_metrics_after(jsonl, start)
     logging.info("resumed from step %d", start)
     print(f"resuming from step {start} in {workdir}", flush=True)
 
-  is_main = jax.process_index() == 0
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main)
   report = periodic_actions.ReportProgress(
       num_train_steps=cfg.num_steps, writer=writer,
       every_steps=cfg.log_every)
   root = jax.random.key(config.seed)
-  jsonl = os.path.join(workdir, "metrics.jsonl")
   pending: dict[str, list[float]] = {}
   t_log, s_log = time.time(), start
 
@@ -330,40 +349,87 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         data=grain.checkpoint.CheckpointSave(data_iter),
         config=args.JsonSave(config.to_dict())), force=True)
 
-  for step in range(start, cfg.num_steps):
-    raw = next(data_iter)
-    batch = sharding.global_batch(mesh, host_batch(
-        raw, encoder, seed=config.seed, step=step,
-        text_dropout=cfg.text_dropout))
-    state, metrics = trainer.step(state, batch,
-                                  jax.random.fold_in(root, step), step)
-    metrics = jax.device_get(metrics)
-    if not np.isfinite(metrics["loss"]):
-      mngr.wait_until_finished()
-      raise FloatingPointError(
-          f"loss is {metrics['loss']} at step {step + 1}: stopping; the last "
-          f"good checkpoint is step {mngr.latest_step()} in {workdir}")
-    for k, v in metrics.items():
-      pending.setdefault(k, []).append(float(v))
-    done = step + 1
-    report(done)
-    if done % cfg.log_every == 0 or done == cfg.num_steps:
-      means = {k: float(np.mean(v)) for k, v in pending.items()}
-      pending = {}
-      phase = "vae" if step < cfg.vae_steps else "diffusion"
-      rate = (done - s_log) / max(time.time() - t_log, 1e-9)
-      t_log, s_log = time.time(), done
-      eta = (cfg.num_steps - done) / max(rate, 1e-9)
-      if is_main:
-        writer.write_scalars(done, means)
-        with open(jsonl, "a") as f:
-          f.write(json.dumps(dict(step=done, phase=phase, time=time.time(),
-                                  steps_per_sec=rate, **means)) + "\n")
-        print(f"step {done}/{cfg.num_steps} [{phase}] loss "
-              f"{means['loss']:.4f}  {rate:.2f} steps/s  ETA "
-              f"{time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
-    if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-      save(done)
+  with preemption_notice(mngr) as preempted:
+    for step in range(start, cfg.num_steps):
+      raw = next(data_iter)
+      local = len(raw["caption"])
+      batch = sharding.global_batch(mesh, host_batch(
+          raw, encoder, seed=config.seed, step=step,
+          text_dropout=cfg.text_dropout, row=process * local,
+          global_rows=cfg.batch_size))
+      state, metrics = trainer.step(state, batch,
+                                    jax.random.fold_in(root, step), step)
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss"]):
+        mngr.wait_until_finished()
+        raise FloatingPointError(
+            f"loss is {metrics['loss']} at step {step + 1}: stopping; the "
+            f"last good checkpoint is step {mngr.latest_step()} in {workdir}")
+      for k, v in metrics.items():
+        pending.setdefault(k, []).append(float(v))
+      done = step + 1
+      report(done)
+      if done % cfg.log_every == 0 or done == cfg.num_steps:
+        means = {k: float(np.mean(v)) for k, v in pending.items()}
+        pending = {}
+        phase = "vae" if step < cfg.vae_steps else "diffusion"
+        rate = (done - s_log) / max(time.time() - t_log, 1e-9)
+        t_log, s_log = time.time(), done
+        eta = (cfg.num_steps - done) / max(rate, 1e-9)
+        if is_main:
+          writer.write_scalars(done, means)
+          with open(jsonl, "a") as f:
+            f.write(json.dumps(dict(step=done, phase=phase, time=time.time(),
+                                    steps_per_sec=rate, **means)) + "\n")
+          print(f"step {done}/{cfg.num_steps} [{phase}] loss "
+                f"{means['loss']:.4f}  {rate:.2f} steps/s  ETA "
+                f"{time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+      stop = preempted(done)
+      if stop or done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
+        save(done)
+      if stop:
+        mngr.wait_until_finished()
+        print(f"SIGTERM at step {done}: saved checkpoint, exiting",
+              flush=True)
+        break
   mngr.wait_until_finished()
   writer.flush()
   return state
+
+
+def drop_metrics_after(path: str, step: int) -> None:
+  """Keeps metrics.jsonl one history: rows past the resumed checkpoint came
+  from steps whose state was lost, and are about to be logged again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = [line for line in rows if json.loads(line)["step"] <= step]
+  if len(keep) < len(rows):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
+@contextlib.contextmanager
+def preemption_notice(mngr):
+  """Yields ``preempted(step) -> bool``, checked once per step: whether to
+  save and stop there.
+
+  One process turns SIGTERM into a flag (its default is to die mid-step).
+  Several processes must stop at the same step, so there jax's preemption
+  service, which catches SIGTERM on any of them, picks the step
+  (``CheckpointManager.reached_preemption``).
+  """
+  if jax.process_count() > 1:
+    yield mngr.reached_preemption
+    return
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda step: False  # Only the main thread may take signals.
+    return
+  caught = []
+  previous = signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
+  try:
+    yield lambda step: bool(caught)
+  finally:
+    signal.signal(signal.SIGTERM,
+                  signal.SIG_DFL if previous is None else previous)

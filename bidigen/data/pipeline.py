@@ -1,7 +1,9 @@
 """The grain input pipeline over TFDS array_record data sources.
 
-Each process reads its own shard (ShardOptions from the JAX process index),
-shuffled deterministically from the seed. The loader is a `grain.DataLoader`,
+One record order, shuffled deterministically from the seed, is cut into
+global batches; each process reads its own rows of each (ShardOptions from
+the JAX process index), so the global batches are the same however many
+processes share them. The loader is a `grain.DataLoader`,
 whose iterator state goes into the orbax checkpoint
 (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`), so a resumed run
 continues the same stream. Reading needs no TensorFlow.
@@ -13,7 +15,7 @@ import grain
 import jax
 import numpy as np
 
-_TEXT = ("caption", "background")
+_TEXT = ("caption", "background", "source")
 PREPARE_COMMAND = ("python -m bidigen.main --config=configs/synthetic.py "
                    "--mode=prepare --workdir=DIR")
 
@@ -29,6 +31,35 @@ class _Decode(grain.transforms.Map):
     return {k: (v.decode() if isinstance(v, bytes) else str(v))
             if k in _TEXT else np.asarray(v, self._dtypes[k])
             for k, v in element.items()}
+
+
+class _ProcessRows:
+  """One record order for all processes: process i of n reads rows
+  i*b..(i+1)*b of each global batch of n*b, so the global batch does not
+  depend on how many processes share it (and each reads only its rows).
+
+  The DataLoader asks for index m*n + i (row m of process i); several
+  processes keep whole global batches only.
+  """
+
+  def __init__(self, sampler, local_batch: int, shard_count: int):
+    self._sampler, self._b, self._n = sampler, local_batch, shard_count
+    self._len = len(sampler)
+    if shard_count > 1:
+      self._len -= self._len % (local_batch * shard_count)
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:
+    return f"_ProcessRows({self._sampler!r}, {self._b}, {self._n})"
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self._len:
+      raise IndexError(f"index {index} out of range [0, {self._len})")
+    m, i = divmod(index, self._n)
+    b = self._b
+    return self._sampler[(m // b) * b * self._n + i * b + m % b]
 
 
 def num_examples(builder, split: str) -> int:
@@ -83,14 +114,15 @@ def make_loader(builder, split: str, *, global_batch_size: int, seed: int,
   require_prepared(builder)
   source = builder.as_data_source(split=split)
   dtypes = {k: f.np_dtype for k, f in builder.info.features.items()}
-  sampler = grain.samplers.IndexSampler(
+  local_batch = global_batch_size // shard_count
+  sampler = _ProcessRows(grain.samplers.IndexSampler(
       num_records=len(source), shuffle=shuffle, seed=seed,
-      num_epochs=num_epochs,
-      shard_options=grain.sharding.ShardOptions(
-          shard_index=shard_index, shard_count=shard_count,
-          drop_remainder=True))
+      num_epochs=num_epochs), local_batch, shard_count)
   return grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=worker_count,
+      shard_options=grain.sharding.ShardOptions(
+          shard_index=shard_index, shard_count=shard_count,
+          drop_remainder=True),
       operations=[_Decode(dtypes), grain.transforms.Batch(
-          global_batch_size // shard_count, drop_remainder=drop_remainder)])
+          local_batch, drop_remainder=drop_remainder)])
 
