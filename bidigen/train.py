@@ -28,6 +28,7 @@ import optax
 from bidigen import checkpoints
 from bidigen import data as data_lib
 from bidigen import diffusion
+from bidigen import metrics
 from bidigen import models
 from bidigen import sharding
 from bidigen import text as text_lib
@@ -116,7 +117,7 @@ def latent_scale_step(state, batch, *, vae):
 
 def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
                    ema_decay, task_probs=diffusion.TASK_PROBS,
-                   motion_weight=0.0):
+                   motion_weight=0.0, flow_weight=0.0):
   """One UNet update on random windows with the masks sampling uses."""
   video = batch["video"]
   b, t = video.shape[:2]
@@ -131,13 +132,19 @@ def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
   anchor = encode_latents(vae, state.params["vae"], video[:, centre],
                           state.latent_scale)
   offsets = start[:, None] + jnp.arange(window)[None] - centre
+  flows = None
+  if "flows" in batch:  # Flow t -> t+1 of the clip, at latent resolution.
+    flows = jax.vmap(
+        lambda f, s: jax.lax.dynamic_slice_in_dim(f, s, window - 1, axis=0))(
+            batch["flows"], start)
 
   def loss_fn(params):
     return diffusion.diffusion_loss(
         unet.apply, params, k_loss, x0, known, anchor, offsets,
-        batch["text"], batch["text_mask"], motion_weight)
+        batch["text"], batch["text_mask"], motion_weight, flows, flow_weight)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params["unet"])
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params["unet"])
   updates, opt = tx.update(grads, state.opt_state["unet"],
                            state.params["unet"])
   unet_params = optax.apply_updates(state.params["unet"], updates)
@@ -148,7 +155,7 @@ def diffusion_step(state, batch, rng, *, vae, unet, tx, window, max_context,
   state = state.replace(step=state.step + 1,
                         params=dict(state.params, unet=unet_params),
                         opt_state=dict(state.opt_state, unet=opt), ema=ema)
-  return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return state, dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
 
 
 class Trainer:
@@ -187,7 +194,7 @@ class Trainer:
         diffusion_step, vae=self.vae, unet=self.unet, tx=self.txs["unet"],
         window=config.model.window, max_context=config.model.context_frames,
         ema_decay=cfg.ema_decay, task_probs=tuple(cfg.task_probs),
-        motion_weight=cfg.motion_weight))
+        motion_weight=cfg.motion_weight, flow_weight=cfg.flow_weight))
     self.latent_scale_step = jax.jit(
         functools.partial(latent_scale_step, vae=self.vae),
         in_shardings=(self.state_sharding, data),
@@ -215,6 +222,9 @@ def validate(config, mesh=None) -> None:
     raise ValueError(f"config.train.task_probs must be {len(diffusion.TASKS)} "
                      f"non-negative numbers summing to 1 (for "
                      f"{', '.join(diffusion.TASKS)}), got {probs}")
+  if cfg.flow_weight < 0:
+    raise ValueError(f"config.train.flow_weight must be >= 0, got "
+                     f"{cfg.flow_weight}")
   if cfg.motion_weight < 0:
     raise ValueError(f"config.train.motion_weight must be >= 0, got "
                      f"{cfg.motion_weight}")
@@ -230,7 +240,8 @@ def validate(config, mesh=None) -> None:
 
 def host_batch(raw: dict, encoder, *, seed: int, step: int,
                text_dropout: float, row: int = 0,
-               global_rows: int | None = None) -> dict:
+               global_rows: int | None = None,
+               flow_factor: int = 0) -> dict:
   """Numpy batch for the device; captions dropped to "" for guidance.
 
   ``raw`` holds rows ``row...`` of a global batch of ``global_rows``: the
@@ -241,7 +252,10 @@ def host_batch(raw: dict, encoder, *, seed: int, step: int,
       global_rows or len(captions))[row:row + len(captions)]
   captions = ["" if d < text_dropout else c for d, c in zip(drop, captions)]
   emb, mask = encoder.encode(captions)
-  return {"video": np.asarray(raw["video"]), "text": emb, "text_mask": mask}
+  batch = {"video": np.asarray(raw["video"]), "text": emb, "text_mask": mask}
+  if flow_factor:
+    batch["flows"] = metrics.clip_flows(batch["video"], flow_factor)
+  return batch
 
 
 def warm_start(trainer: Trainer, state: TrainState, path: str) -> TrainState:
@@ -299,12 +313,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """
   cfg = config.train
   validate(config)  # Before any slow work.
-  builder = data_lib.get_builder(config.data, prepare=True)
+  # Procedural data is made on first use; real video is prepared beforehand
+  # (building it here would run on every host at once).
+  builder = data_lib.get_builder(
+      config.data, prepare=config.data.name == "bidigen_synthetic")
   mesh = sharding.make_mesh(config.mesh.axes)
   encoder = text_lib.load_text_encoder(
       config.model.text.kind, config.model.text.path,
       config.model.text.max_length)
   trainer = Trainer(config, mesh, encoder.dim)
+  flow_factor = 2 ** (len(config.model.vae.channels) - 1)  # Pixels/latent.
   process, processes = jax.process_index(), jax.process_count()
   loader = data_lib.make_loader(builder, "train",
                                 global_batch_size=cfg.batch_size,
@@ -356,7 +374,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
       batch = sharding.global_batch(mesh, host_batch(
           raw, encoder, seed=config.seed, step=step,
           text_dropout=cfg.text_dropout, row=process * local,
-          global_rows=cfg.batch_size))
+          global_rows=cfg.batch_size,
+          flow_factor=flow_factor if cfg.flow_weight else 0))
       state, metrics = trainer.step(state, batch,
                                     jax.random.fold_in(root, step), step)
       metrics = jax.device_get(metrics)
