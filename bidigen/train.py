@@ -193,8 +193,7 @@ class Trainer:
     self.diffusion_step = jit_step(functools.partial(
         diffusion_step, vae=self.vae, unet=self.unet, tx=self.txs["unet"],
         window=config.model.window, max_context=config.model.context_frames,
-        ema_decay=cfg.ema_decay, task_probs=tuple(cfg.task_probs),
-        motion_weight=cfg.motion_weight, flow_weight=cfg.flow_weight))
+        ema_decay=cfg.ema_decay, **loss_options(cfg)))
     self.latent_scale_step = jax.jit(
         functools.partial(latent_scale_step, vae=self.vae),
         in_shardings=(self.state_sharding, data),
@@ -208,6 +207,14 @@ class Trainer:
     return self.diffusion_step(state, batch, rng)
 
 
+def loss_options(cfg) -> dict:
+  """The diffusion loss's options; checkpoints from before a key existed
+  get the value that reproduces how they were trained."""
+  return {"task_probs": tuple(cfg.get("task_probs", diffusion.TASK_PROBS)),
+          "motion_weight": float(cfg.get("motion_weight", 0.0)),
+          "flow_weight": float(cfg.get("flow_weight", 0.0))}
+
+
 def validate(config, mesh=None) -> None:
   cfg = config.train
   for key in ("num_steps", "batch_size", "log_every", "checkpoint_every"):
@@ -216,18 +223,16 @@ def validate(config, mesh=None) -> None:
   if not 0 <= cfg.vae_steps < cfg.num_steps:
     raise ValueError(f"config.train.vae_steps must be in [0, num_steps), got "
                      f"{cfg.vae_steps} with num_steps={cfg.num_steps}")
-  probs = tuple(cfg.task_probs)
+  opts = loss_options(cfg)
+  probs = opts["task_probs"]
   if (len(probs) != len(diffusion.TASKS) or min(probs) < 0
       or abs(sum(probs) - 1) > 1e-6):
     raise ValueError(f"config.train.task_probs must be {len(diffusion.TASKS)} "
                      f"non-negative numbers summing to 1 (for "
                      f"{', '.join(diffusion.TASKS)}), got {probs}")
-  if cfg.flow_weight < 0:
-    raise ValueError(f"config.train.flow_weight must be >= 0, got "
-                     f"{cfg.flow_weight}")
-  if cfg.motion_weight < 0:
-    raise ValueError(f"config.train.motion_weight must be >= 0, got "
-                     f"{cfg.motion_weight}")
+  for key in ("flow_weight", "motion_weight"):
+    if opts[key] < 0:
+      raise ValueError(f"config.train.{key} must be >= 0, got {opts[key]}")
   if not 1 <= config.model.context_frames < config.model.window:
     raise ValueError("config.model.context_frames must be in [1, window)")
   if config.model.window > config.data.num_frames:
@@ -375,7 +380,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
           raw, encoder, seed=config.seed, step=step,
           text_dropout=cfg.text_dropout, row=process * local,
           global_rows=cfg.batch_size,
-          flow_factor=flow_factor if cfg.flow_weight else 0))
+          flow_factor=flow_factor if loss_options(cfg)["flow_weight"] else 0))
       state, metrics = trainer.step(state, batch,
                                     jax.random.fold_in(root, step), step)
       metrics = jax.device_get(metrics)
