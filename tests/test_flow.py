@@ -64,3 +64,14 @@ def test_training_with_flow_regularisation(tmp_path):
   assert diff and all(np.isfinite(r["flow_loss"]) and r["flow_loss"] > 0
                       for r in diff)
   assert all(r["loss"] >= r["v_loss"] for r in diff)
+
+
+def test_checkpoint_configs_from_before_the_loss_options(tiny_config):
+  import ml_collections
+  from bidigen import train
+  old = tiny_config.train.to_dict()
+  for key in ("task_probs", "motion_weight", "flow_weight"):
+    del old[key]
+  opts = train.loss_options(ml_collections.ConfigDict(old))
+  assert opts == {"task_probs": diffusion.TASK_PROBS, "motion_weight": 0.0,
+                  "flow_weight": 0.0}
