@@ -32,10 +32,12 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from bidigen import media  # noqa: E402
 from bidigen import sample  # noqa: E402
 
-# Larger uploads are refused before decoding: the model sees 64 px anyway,
+# Larger uploads are refused before decoding: the model works at tens of px,
 # and a decompression bomb must not take the server down.
 MAX_PIXELS = 50_000_000
 MAX_UPLOAD = "25mb"
+# The gallery fits its rows of frames instead of gradio's 450 px box.
+CSS = "#gallery .grid-wrap { min-height: 0; }"
 EXAMPLES = (
     ("blue_square_cat.png", "a blue square moves up over a cat"),
     ("red_ball_temple.png", "a red ball moves to the right over a temple"),
@@ -224,7 +226,7 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
                            elem_id="expand_back")
           fwd = gr.Button(f"Expand forwards (+{grow} after)",
                           elem_id="expand_fwd")
-        gallery = gr.Gallery(label="Frames", columns=9, format="png",
+        gallery = gr.Gallery(label="Frames", columns=6, format="png",
                              object_fit="contain", height="auto",
                              elem_id="gallery")
     inputs = [image, prompt, before, after, seed, steps, guidance]
@@ -276,7 +278,7 @@ def main(argv=None) -> None:
   app = build_app(gen, max_frames=args.max_frames, warm=warm)
   app.queue(default_concurrency_limit=1).launch(
       server_name=args.host, server_port=args.port, share=args.share,
-      max_file_size=MAX_UPLOAD, show_error=True)
+      max_file_size=MAX_UPLOAD, show_error=True, css=CSS)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,9 @@ def test_generate_in_the_browser(server, page, tmp_path):
   _check_result(page, BEFORE + 1 + grown, BEFORE)
   assert page.locator("#frames_after input").input_value() == str(grown)
   assert proc.poll() is None, log.read_text()
+  shot = tmp_path / "gui_expanded.png"
+  page.screenshot(path=str(shot), full_page=True)
+  print(f"after 'Expand forwards': {shot}")
 
 
 def _check_result(page, count: int, before: int) -> None:
