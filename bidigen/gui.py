@@ -36,8 +36,14 @@ from bidigen import sample  # noqa: E402
 # and a decompression bomb must not take the server down.
 MAX_PIXELS = 50_000_000
 MAX_UPLOAD = "25mb"
-# The gallery fits its rows of frames instead of gradio's 450 px box.
-CSS = "#gallery .grid-wrap { min-height: 0; }"
+# The frames gallery wraps as many frames a row as fit (gradio's fixed
+# column count overflows and hides some) and is only as tall as its rows.
+CSS = """
+#gallery .grid-wrap { min-height: 0; }
+#gallery .grid-container {
+  grid-template-columns: repeat(auto-fill, minmax(72px, 1fr));
+  grid-template-rows: none; grid-auto-rows: auto; }
+"""
 EXAMPLES = (
     ("blue_square_cat.png", "a blue square moves up over a cat"),
     ("red_ball_temple.png", "a red ball moves to the right over a temple"),
