@@ -25,9 +25,13 @@ def on_cluster() -> bool:
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):
     return True
-  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
-           "SLURM_PROCID", "SLURM_LOCALID")
-  if all(k in env for k in slurm) or "OMPI_MCA_orte_hnp_uri" in env:
+  # A one-task job stays one process: jax would show it one GPU only.
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+           "SLURM_LOCALID")
+  if all(k in env for k in slurm) and int(env.get("SLURM_NTASKS", 1)) > 1:
+    return True
+  if ("OMPI_MCA_orte_hnp_uri" in env
+      and int(env.get("OMPI_COMM_WORLD_SIZE", 2)) > 1):
     return True
   try:  # Set by jax's import on TPU VMs; private, hence the guard.
     from jax._src import cloud_tpu_init

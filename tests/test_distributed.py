@@ -1,0 +1,234 @@
+"""Distribution and preemption, end to end on the tiny config.
+
+The same seed and global batch give the same losses on 1 device, on 8, with
+parameters sharded over fsdp, and on 2 processes; fsdp shards parameters and
+optimizer state; SIGTERM saves and exits 0, SIGKILL loses only the steps since
+the last checkpoint, and the resumed runs log an uninterrupted run's losses.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import pytest
+
+from bidigen import sharding
+from bidigen import train
+from bidigen.data import pipeline
+from tests.test_cli import ROOT
+from tests.test_train import read_metrics
+
+STEPS = 8
+FSDP_RULES = (("embed", "fsdp"), ("mlp", None), ("text", None),
+              ("conv_h", None), ("conv_w", None), ("conv_in", None),
+              ("conv_out", "fsdp"))
+RTOL = 2e-4  # Sums over devices add up in another order.
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from bidigen.data import synthetic
+  path = str(tmp_path_factory.mktemp("tfds"))
+  synthetic.build(path, "tiny")
+  return path
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config, data_dir):
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  config.train.num_steps = STEPS
+  return config
+
+
+def start(workdir, data_dir, *flags, devices=8):
+  """``python -m bidigen.main --mode=train`` on ``devices`` CPU devices;
+  stderr goes to a file, so only stdout can fill a pipe (and is read)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  err = tempfile.TemporaryFile("w+")
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "bidigen.main", "--mode=train",
+       "--config=configs/synthetic.py:tiny", f"--workdir={workdir}",
+       f"--config.data.data_dir={data_dir}",
+       f"--config.train.num_steps={STEPS}", *flags],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+  proc.err = err
+  return proc
+
+
+def stderr(proc):
+  proc.err.seek(0)
+  return proc.err.read()[-3000:]
+
+
+def finish(proc):
+  out, _ = proc.communicate(timeout=3600)  # Minutes, on a loaded machine.
+  assert proc.returncode == 0, stderr(proc)
+  return out
+
+
+def wait_for_line(proc, prefix):
+  """Reads stdout up to a line starting with ``prefix``; returns the lines."""
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if line.startswith(prefix):
+      return lines
+  proc.wait()
+  raise AssertionError(f"no line {prefix!r}: {lines} {stderr(proc)}")
+
+
+def losses(workdir):
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+  return np.array([r["loss"] for r in rows])
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def straight(config, tmp_path_factory):
+  """Losses of an uninterrupted run on 8 devices, parameters and optimizer
+  state sharded data=2 x fsdp=4."""
+  config = config.copy_and_resolve_references()
+  config.mesh.axes = (("data", 2), ("fsdp", 4))
+  config.mesh.logical_axis_rules = FSDP_RULES
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  state = train.train(config, workdir)
+  kernel = state.params["unet"]["params"]["Conv_0"]["kernel"]
+  assert kernel.sharding.spec[-1] == "fsdp"
+  return losses(workdir)
+
+
+def test_global_batches_do_not_depend_on_the_process_count(data_dir):
+  from bidigen import data
+  from configs import synthetic
+  cfg = synthetic.get_config("tiny").data
+  cfg.data_dir = data_dir
+  builder = data.get_builder(cfg)
+  loader = lambda i, n: pipeline.make_loader(
+      builder, "train", global_batch_size=8, seed=3, shard_index=i,
+      shard_count=n)
+  one = iter(loader(0, 1))
+  two = [iter(loader(i, 2)) for i in range(2)]
+  for _ in range(5):  # Past the 32 records' first epoch.
+    parts = [next(it)["caption"] for it in two]
+    assert list(next(one)["caption"]) == list(np.concatenate(parts))
+  # A restored iterator goes on with the same rows.
+  again = iter(loader(1, 2))
+  again.set_state(two[1].get_state())
+  assert list(next(again)["caption"]) == list(next(two[1])["caption"])
+
+
+def test_same_losses_on_1_device_8_devices_and_2_processes(
+    tmp_path, data_dir, straight, capsys):
+  port = free_port()
+  procs = [start(tmp_path / "one", data_dir, devices=1)] + [
+      start(tmp_path / "two", data_dir, f"--coordinator_address=127.0.0.1:"
+            f"{port}", "--num_processes=2", f"--process_id={i}", devices=2)
+      for i in range(2)]
+  outs = [finish(p) for p in procs]
+  one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+  with capsys.disabled():
+    print("\nstep  1 device    8 dev. (fsdp)  2 proc. x 2 dev.")
+    for i, row in enumerate(zip(one, straight, two)):
+      print(f"{i + 1:4d}  " + "  ".join(f"{v:.7f}" for v in row))
+  np.testing.assert_allclose(straight, one, rtol=RTOL)
+  np.testing.assert_allclose(two, one, rtol=RTOL)
+  # Process 0 alone reports; both wrote their parts of each checkpoint.
+  assert f"step {STEPS}/{STEPS}" in outs[1]
+  assert "step " not in outs[2]
+  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["3", "6",
+                                                                  "8"]
+
+
+def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.mesh.logical_axis_rules = FSDP_RULES
+  dp, fsdp = (train.Trainer(config, sharding.make_mesh(axes), text_dim=16)
+              for axes in ((("data", 8), ("fsdp", 1)),
+                           (("data", 2), ("fsdp", 4))))
+  leaves = jax.tree.leaves(fsdp.abstract_state)
+  total = sum(a.size * a.dtype.itemsize for a in leaves)
+  split = sum(a.size * a.dtype.itemsize for a in leaves
+              if "fsdp" in a.sharding.spec)
+  assert sharding.bytes_per_device(dp.abstract_state) == total  # Replicated.
+  per_device = sharding.bytes_per_device(fsdp.abstract_state)
+  assert per_device == total - split * 3 // 4
+  assert split > 0.9 * total  # Kernels are nearly all of it.
+  # Params, their Adam moments and the EMA are all split.
+  for part in ("params", "opt_state", "ema"):
+    assert any("fsdp" in a.sharding.spec for a in jax.tree.leaves(
+        getattr(fsdp.abstract_state, part)))
+  # The initialised state holds a quarter of each split kernel per device.
+  state = fsdp.init(jax.random.key(0))
+  kernel = state.params["vae"]["params"]["encoder"]["Conv_0"]["kernel"]
+  assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 4
+  held = sum(a.addressable_shards[0].data.nbytes
+             for a in jax.tree.leaves(state))
+  assert held == per_device
+
+
+def test_sigterm_then_sigkill_resume_like_an_uninterrupted_run(
+    tmp_path, data_dir, config, straight, capsys):
+  workdir = tmp_path / "run"
+  ckpts = workdir / "checkpoints"
+  # SIGTERM after step 2: a checkpoint at the step reached, exit status 0.
+  proc = start(workdir, data_dir, "--config.train.checkpoint_every=100")
+  wait_for_line(proc, f"step 2/{STEPS}")
+  proc.send_signal(signal.SIGTERM)
+  out = finish(proc)
+  stopped = int(out.split("SIGTERM at step ")[1].split(":")[0])
+  assert f"SIGTERM at step {stopped}: saved checkpoint, exiting" in out
+  assert 2 <= stopped < STEPS
+  assert os.listdir(ckpts) == [str(stopped)]
+
+  # Resumed, checkpoints every 2 steps, SIGKILL: the steps since the last
+  # one are lost. Orbax finishes one save before it starts the next, so the
+  # first even step's save is complete three steps later.
+  proc = start(workdir, data_dir, "--config.train.checkpoint_every=2")
+  first = stopped + 2 - stopped % 2
+  lines = wait_for_line(proc, f"step {first + 3}/{STEPS}")
+  assert f"resuming from step {stopped} in {workdir}\n" in lines
+  proc.kill()
+  proc.communicate()
+  saved = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  assert saved in (first, first + 2)
+
+  # Resumed to the end: one history, the uninterrupted run's losses.
+  capsys.readouterr()
+  config = config.copy_and_resolve_references()
+  config.train.checkpoint_every = 2
+  train.train(config, str(workdir))
+  assert f"resuming from step {saved} in" in capsys.readouterr().out
+  with capsys.disabled():
+    print(f"\nSIGTERM after step 2: checkpoint at step {stopped}, no step "
+          f"lost; SIGKILL after step {first + 3}: resumed from step {saved}")
+  np.testing.assert_allclose(losses(workdir), straight, rtol=RTOL)
+
+
+def test_cluster_detection(monkeypatch):
+  for key in list(os.environ):
+    if key.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR")):
+      monkeypatch.delenv(key)
+  assert not sharding.on_cluster()  # A plain machine: one process.
+  for key in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+              "SLURM_LOCALID"):
+    monkeypatch.setenv(key, "0")
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert not sharding.on_cluster()
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert sharding.on_cluster()
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+  assert sharding.on_cluster()
