@@ -57,7 +57,7 @@ def main(argv) -> None:
     b = per_device(config, axes, FLAGS.text_dim)
     totals.append(b["total"])
     mesh = " x ".join(f"{a}={s}" for a, s in axes)
-    print(f"{mesh:<30}" + "".join(
+    print(f"{name + ' (' + mesh + ')':<30}" + "".join(
         f"{b[k] / 2**20:12.1f}" for k in ("params", "opt_state", "ema",
                                            "total")))
   print(f"fsdp holds {totals[1] / totals[0]:.3f} of the replicated bytes "
