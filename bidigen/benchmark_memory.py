@@ -1,11 +1,23 @@
-"""Per-device bytes of the train state, replicated and sharded with fsdp.
+"""Per-chip memory and step time of a config's diffusion train step.
 
   python -m bidigen.benchmark_memory [--config=configs/webvid.py] \
-      [--devices=8] [--fsdp=8]
+      [--devices=8] [--fsdp=8] [--chips=64] [--mfu=0.4]
 
-Shapes only (``jax.eval_shape`` and the state's shardings): nothing is
-allocated, so virtual CPU devices stand in for a slice's chips and any
-machine answers for the full model. Activations are not counted.
+1. The train state's bytes per device, replicated and sharded with fsdp:
+   shapes only (``jax.eval_shape`` and the state's shardings), so virtual CPU
+   devices stand in for a slice's chips.
+2. XLA's own figures for one diffusion step, compiled (not run) on one CPU
+   device at 1 and 2 examples: FLOPs (cost analysis) and temporary bytes
+   (buffer assignment). Their difference is the per-example cost, which on
+   an accelerator is the same arithmetic and, in float32 without
+   rematerialisation, about the same activation bytes.
+3. The estimate per chip for the config's global batch over ``--chips``:
+     examples/chip b = batch_size / chips
+     memory/chip    = state/fsdp + b * activations/example + fixed temp
+     step time      = b * FLOPs/example / (peak bf16 FLOP/s * MFU)
+   TPUs run float32 matmuls as bf16 passes at default precision, so the bf16
+   peak is the ceiling; MFU is an assumption (--mfu), not a measurement.
+   FSDP traffic is printed beside it, not added.
 """
 
 import os
@@ -28,7 +40,15 @@ config_flags.DEFINE_config_file("config", "configs/webvid.py",
 flags.DEFINE_integer("devices", 8, "Devices of the mesh (virtual CPUs).")
 flags.DEFINE_integer("fsdp", 8, "Size of the fsdp axis in the sharded mesh.")
 flags.DEFINE_integer("text_dim", 384, "Text embedding width (MiniLM: 384).")
+flags.DEFINE_integer("chips", 64, "Chips the global batch is spread over in "
+                     "the per-chip estimate.")
+flags.DEFINE_float("mfu", 0.4, "Assumed fraction of the chip's peak FLOP/s "
+                   "reached by the step.")
 FLAGS = flags.FLAGS
+
+# Public per-chip figures: HBM (GiB) and dense bf16 peak (TFLOP/s).
+CHIPS = (("TPU v4", 32, 275), ("TPU v5e", 16, 197), ("TPU v5p", 95, 459),
+         ("TPU v6e", 32, 918), ("H100 SXM", 80, 989))
 
 
 def per_device(config, axes, text_dim: int) -> dict[str, int]:
@@ -42,6 +62,29 @@ def per_device(config, axes, text_dim: int) -> dict[str, int]:
           "total": sharding.bytes_per_device(state)}
 
 
+def step_costs(config, batch: int, text_dim: int) -> dict[str, float]:
+  """XLA's FLOPs and temporary bytes of one diffusion step on one device."""
+  import jax
+  import jax.numpy as jnp
+  from bidigen import sharding, train
+  config = config.copy_and_resolve_references()
+  config.train.batch_size = batch
+  config.mesh.axes = tuple((name, 1) for name, _ in config.mesh.axes)
+  trainer = train.Trainer(config, sharding.make_mesh(
+      config.mesh.axes, jax.devices()[:1]), text_dim)
+  t, r = config.data.num_frames, config.data.resolution
+  n = config.model.text.max_length
+  inputs = {"video": jax.ShapeDtypeStruct((batch, t, r, r, 3), jnp.uint8),
+            "text": jax.ShapeDtypeStruct((batch, n, text_dim), jnp.float32),
+            "text_mask": jax.ShapeDtypeStruct((batch, n), jnp.float32)}
+  lowered = trainer.diffusion_step.lower(
+      trainer.abstract_state, inputs,
+      jax.eval_shape(lambda: jax.random.key(0)))
+  memory = lowered.compile().memory_analysis()
+  return {"flops": float(lowered.cost_analysis()["flops"]),
+          "temp": float(memory.temp_size_in_bytes)}
+
+
 def main(argv) -> None:
   del argv
   config = FLAGS.config
@@ -52,16 +95,42 @@ def main(argv) -> None:
         f"rules {dict(config.mesh.logical_axis_rules)}")
   print(f"{'mesh':<30}{'params':>12}{'opt_state':>12}{'ema':>12}"
         f"{'total':>12}  (MiB)")
-  totals = []
+  totals, params = [], []
   for name, axes in rows:
     b = per_device(config, axes, FLAGS.text_dim)
     totals.append(b["total"])
+    params.append(b["params"])
     mesh = " x ".join(f"{a}={s}" for a, s in axes)
     print(f"{name + ' (' + mesh + ')':<30}" + "".join(
         f"{b[k] / 2**20:12.1f}" for k in ("params", "opt_state", "ema",
                                            "total")))
   print(f"fsdp holds {totals[1] / totals[0]:.3f} of the replicated bytes "
         f"per device ({totals[0] / totals[1]:.2f}x less)")
+
+  print("\ncompiling the diffusion step at 1 and 2 examples (XLA, CPU) ...",
+        flush=True)
+  one, two = (step_costs(config, b, FLAGS.text_dim) for b in (1, 2))
+  flops = two["flops"] - one["flops"]
+  act = two["temp"] - one["temp"]
+  fixed = one["temp"] - act
+  gib = 2**30
+  print(f"per example: {flops / 1e12:.2f} TFLOP, {act / gib:.2f} GiB of "
+        f"activations; fixed temporaries {fixed / gib:.2f} GiB")
+  batch, chips = config.train.batch_size, FLAGS.chips
+  b = batch / chips
+  state = totals[1]
+  print(f"\nglobal batch {batch} over {chips} chips = {b:g} examples/chip, "
+        f"state with fsdp={f}: {state / gib:.2f} GiB/chip, MFU {FLAGS.mfu}")
+  print(f"{'chip':<10}{'HBM GiB':>9}{'need GiB':>10}{'fits':>6}"
+        f"{'bf16 TFLOP/s':>14}{'step s':>8}{'ex/s/chip':>11}")
+  for name, hbm, peak in CHIPS:
+    need = (state + b * act + max(fixed, 0)) / gib
+    step = b * flops / (peak * 1e12 * FLAGS.mfu)
+    print(f"{name:<10}{hbm:>9}{need:>10.1f}{'yes' if need < hbm else 'no':>6}"
+          f"{peak:>14}{step:>8.3f}{b / step:>11.2f}")
+  print(f"fsdp traffic per chip and step: ~3 x params x (fsdp-1)/fsdp = "
+        f"{3 * params[0] * (f - 1) / f / gib:.2f} GiB (all-gathers forward "
+        "and backward, reduce-scatter of gradients), not in the step time")
 
 
 if __name__ == "__main__":
