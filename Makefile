@@ -29,7 +29,7 @@ gui: $(STAMP)
 	$(BIN)/python -m bidigen.gui
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf out .pytest_cache
