@@ -76,13 +76,23 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
                                   iio.imread(os.path.join(again, name)))
 
 
-def test_resume_continues_exactly(tmp_path, data_dir, tiny_config):
-  """A run resumed from its step-3 checkpoint logs the same losses as the
-  run that went straight through."""
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_dir, tiny_config):
+  """A tiny run trained straight through, shared read-only: training is
+  most of these tests' time."""
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
-  wd = str(tmp_path / "run")
+  wd = str(tmp_path_factory.mktemp("straight") / "run")
   train.train(config, wd)
+  return config, wd
+
+
+def test_resume_continues_exactly(tmp_path, straight_run):
+  """A run resumed from its step-3 checkpoint logs the same losses as the
+  run that went straight through."""
+  config, straight_wd = straight_run
+  wd = str(tmp_path / "run")
+  shutil.copytree(straight_wd, wd)
   straight = read_metrics(wd)
   shutil.rmtree(os.path.join(wd, "checkpoints", "6"))
   with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
@@ -120,12 +130,10 @@ def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
     train.train(config, str(tmp_path / "run"))
 
 
-def test_warm_start_from_an_exported_model(tmp_path, data_dir, tiny_config):
+def test_warm_start_from_an_exported_model(tmp_path, straight_run):
   from bidigen import checkpoints
-  config = tiny_config.copy_and_resolve_references()
-  config.data.data_dir = data_dir
-  first = str(tmp_path / "first")
-  train.train(config, first)
+  config, first = straight_run
+  config = config.copy_and_resolve_references()
   cfg, params = train.restore_for_sampling(first)
   exported = str(tmp_path / "model")
   checkpoints.export_model(params, cfg, exported)
