@@ -123,8 +123,8 @@ def main(argv) -> None:
         f"state with fsdp={f}: {state / gib:.2f} GiB/chip, MFU {FLAGS.mfu}")
   print(f"{'chip':<10}{'HBM GiB':>9}{'need GiB':>10}{'fits':>6}"
         f"{'bf16 TFLOP/s':>14}{'step s':>8}{'ex/s/chip':>11}")
+  need = (state + b * act + max(fixed, 0)) / gib  # The same on every chip.
   for name, hbm, peak in CHIPS:
-    need = (state + b * act + max(fixed, 0)) / gib
     step = b * flops / (peak * 1e12 * FLAGS.mfu)
     print(f"{name:<10}{hbm:>9}{need:>10.1f}{'yes' if need < hbm else 'no':>6}"
           f"{peak:>14}{step:>8.3f}{b / step:>11.2f}")
