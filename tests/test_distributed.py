@@ -24,19 +24,17 @@ from tests.test_cli import ROOT
 from tests.test_train import read_metrics
 
 STEPS = 8
-FSDP_RULES = (("embed", "fsdp"), ("mlp", None), ("text", None),
-              ("conv_h", None), ("conv_w", None), ("conv_in", None),
-              ("conv_out", "fsdp"))
 RTOL = 1e-4  # Sums over devices add up in another order.
 # The 8-device runs: the tiny config with parameters and optimizer state
-# sharded data=2 x fsdp=4 (tuples of tuples cannot be flag overrides).
-FSDP_CONFIG = f"""
-from configs import synthetic
+# sharded data=2 x fsdp=4 by configs/webvid.py's rules (tuples of tuples
+# cannot be flag overrides).
+FSDP_CONFIG = """
+from configs import synthetic, webvid
 
 def get_config(arg=None):
   c = synthetic.get_config("tiny")
   c.mesh.axes = (("data", 2), ("fsdp", 4))
-  c.mesh.logical_axis_rules = {FSDP_RULES!r}
+  c.mesh.logical_axis_rules = webvid.get_config().mesh.logical_axis_rules
   return c
 """
 
@@ -52,16 +50,14 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def start(tmp_path_factory, data_dir):
   """Starts ``python -m bidigen.main --mode=train`` on ``devices`` CPU
-  devices, by default with FSDP_CONFIG. The runs share a compilation cache:
-  those on one mesh compile once. stderr goes to a file, so only stdout
-  (which the tests read) can fill a pipe."""
+  devices, by default with FSDP_CONFIG. The runs inherit the session's
+  compilation cache (tests/conftest.py): those on one mesh compile once.
+  stderr goes to a file, so only stdout (which the tests read) can fill a
+  pipe."""
   tmp = tmp_path_factory.mktemp("runs")
   fsdp_config = tmp / "fsdp_tiny.py"
   fsdp_config.write_text(FSDP_CONFIG)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             JAX_COMPILATION_CACHE_DIR=str(tmp / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
 
   def start(workdir, *flags, devices=8, config=str(fsdp_config)):
     err = tempfile.TemporaryFile("w+")
@@ -164,8 +160,9 @@ def test_same_losses_on_1_device_8_devices_and_2_processes(
 
 
 def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
+  from configs import webvid
   config = tiny_config.copy_and_resolve_references()
-  config.mesh.logical_axis_rules = FSDP_RULES
+  config.mesh.logical_axis_rules = webvid.get_config().mesh.logical_axis_rules
   dp, fsdp = (train.Trainer(config, sharding.make_mesh(axes), text_dim=16)
               for axes in ((("data", 8), ("fsdp", 1)),
                            (("data", 2), ("fsdp", 4))))
@@ -237,6 +234,18 @@ def test_cluster_detection(monkeypatch):
   assert not sharding.on_cluster()
   monkeypatch.setenv("SLURM_NTASKS", "4")
   assert sharding.on_cluster()
+  for key in list(os.environ):
+    if key.startswith("SLURM_"):
+      monkeypatch.delenv(key)
+  # Open MPI (mpirun): one rank stays one process, several form a cluster.
+  monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:5000")
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+  assert not sharding.on_cluster()
+  monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+  assert sharding.on_cluster()
+  monkeypatch.delenv("OMPI_MCA_orte_hnp_uri")
+  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+  assert not sharding.on_cluster()
   monkeypatch.setenv("SLURM_NTASKS", "1")
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
   assert sharding.on_cluster()
