@@ -39,11 +39,12 @@ def sampling_params(state) -> dict:
 
 
 def export_model(params: dict, config: ml_collections.ConfigDict,
-                 path: str) -> None:
-  """Writes a sampling model to ``path`` atomically (temp folder + rename)."""
+                 path: str, *, overwrite: bool = False) -> None:
+  """Writes a sampling model to ``path`` atomically (temp folder + rename);
+  an earlier export there is replaced only with ``overwrite``."""
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with media.atomic_folder(path) as tmp:
+  with media.output_folder(path, overwrite=overwrite) as tmp:
     params = jax.tree.map(np.asarray, jax.device_get(params))
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(tmp, "params"), params)

@@ -32,6 +32,8 @@ from bidigen.models import classifier as clf_lib
 from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
+# What an evaluation writes into its workdir.
+REPORT = ("report.json", "report.md", "sheets")
 
 
 def window_tasks(window: int, context: int) -> dict:
@@ -330,6 +332,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
                      f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
+  media.check_merge(workdir, REPORT)  # Before the work, not after it.
   clips = load_clips(config, ev.num_clips)
   gen = sample.Generator(checkpoint)
   mcfg = gen.config
@@ -454,7 +457,8 @@ def _linear_flow(truth, offsets, known):
 
 
 def _write(workdir, report, sheets, num_sheets):
-  """report.json, report.md and sheets/, each replaced in one step."""
+  """report.json, report.md and sheets/ (``REPORT``) into the workdir,
+  replacing a previous evaluation's but nothing else."""
   cols = ["psnr", "psnr_best", "ssim", "ssim_best", "lpips", "lpips_best",
           "warp_error",
           "flow_epe", "seam_ratio", "direction_accuracy",
@@ -476,14 +480,13 @@ def _write(workdir, report, sheets, num_sheets):
            + " |", ""]
   md += [f"LPIPS: {report['lpips']}", "", f"FVD: {report['fvd']}", "",
          f"Classifier: {report['classifier']}", ""]
-  for name, text in (("report.json", json.dumps(report, indent=1)),
-                     ("report.md", "\n".join(md))):
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
-  with media.atomic_folder(os.path.join(workdir, "sheets")) as tmp:
+  with media.output_folder(workdir, merge=True) as tmp:
+    for name, text in (("report.json", json.dumps(report, indent=1)),
+                       ("report.md", "\n".join(md))):
+      with open(os.path.join(tmp, name), "w") as f:
+        f.write(text)
+    os.mkdir(os.path.join(tmp, "sheets"))
     for task, (truth, gen, offsets) in sheets.items():
       for i in range(min(num_sheets, len(truth))):
         _sheet(truth[i], gen[i], offsets,
-               os.path.join(tmp, f"{task}_clip{i:03d}.png"))
+               os.path.join(tmp, "sheets", f"{task}_clip{i:03d}.png"))

@@ -124,7 +124,8 @@ def write_video(frames: np.ndarray, frames_before: int, folder: str, *,
       prefix=f"bidigen_F{-frames_before:+d}_to_"
       f"F{len(frames) - 1 - frames_before:+d}_")
   os.close(fd)
-  media.write_output(big, -frames_before, path, fps=fps)
+  media.write_output(big, -frames_before, path, fps=fps,
+                     overwrite=True)  # The empty file mkstemp made.
   return path
 
 
@@ -177,6 +178,9 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
 
   def generate(image, prompt, *numbers, progress=gr.Progress()):
     frame0, kw = read(image, *numbers)
+    cut = gen.encoder.too_long(prompt or "")
+    if cut:
+      gr.Warning(cut[0].upper() + cut[1:] + ".")
     return run(frame0, prompt or "", kw, progress)
 
   def expander(side):

@@ -42,6 +42,9 @@ flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_string("output", None, "sample: .mp4/.gif video, or a folder "
                     "of frame_-004.png ... and contact_sheet.png; export: "
                     "the exported model folder.")
+flags.DEFINE_bool("overwrite", False, "sample/export: replace an --output "
+                  "that bidigen wrote before (a folder holding anything "
+                  "else is never replaced).")
 flags.DEFINE_string("checkpoint", None, "sample/evaluate: a training "
                     "workdir or an exported model; default: the embedded "
                     "model.")
@@ -92,7 +95,8 @@ def sample(config) -> None:
   sample_lib.run(config=config, image=FLAGS.image, prompt=FLAGS.prompt,
                  frames_before=FLAGS.frames_before,
                  frames_after=FLAGS.frames_after, seed=FLAGS.seed,
-                 output=FLAGS.output, checkpoint=FLAGS.checkpoint,
+                 output=FLAGS.output, overwrite=FLAGS.overwrite,
+                 checkpoint=FLAGS.checkpoint,
                  guidance=FLAGS.guidance, steps=FLAGS.steps)
 
 
@@ -104,9 +108,11 @@ def prepare(config) -> None:
 
 def export(config) -> None:
   del config  # The checkpoint's own.
-  from bidigen import checkpoints, train as train_lib
+  from bidigen import checkpoints, media, train as train_lib
+  media.check_folder(FLAGS.output, overwrite=FLAGS.overwrite)
   cfg, params = train_lib.restore_for_sampling(FLAGS.workdir)
-  checkpoints.export_model(params, cfg, FLAGS.output)
+  checkpoints.export_model(params, cfg, FLAGS.output,
+                           overwrite=FLAGS.overwrite)
   print(f"exported {FLAGS.workdir} to {FLAGS.output}")
 
 
@@ -137,7 +143,41 @@ def parse_flags(argv):
     sys.exit(f"bidigen: error: {one_line(e)}")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     given = " ".join(a for a in argv if a.startswith("--config"))
-    sys.exit(f"bidigen: error: bad config ({given}): {one_line(e)}")
+    why = unknown_key(argv) or f"bad config ({given}): {one_line(e)}"
+    sys.exit(f"bidigen: error: {why}")
+
+
+def unknown_key(argv) -> str | None:
+  """For an override of a key the config lacks: the key and its nearest
+  known sibling (ml_collections' own message is only the missing part)."""
+  import difflib
+  import importlib.util
+  spec = next((a.split("=", 1)[1] for a in argv
+               if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    loader = importlib.util.spec_from_file_location("_bidigen_config", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    config = module.get_config(arg or None)
+  except Exception:  # pylint: disable=broad-except
+    return None  # The loader's own error says what is wrong.
+  for a in argv:
+    if not a.startswith("--config.") or "=" not in a:
+      continue
+    node, name = config, "config"
+    for part in a[len("--"):].split("=", 1)[0].split(".")[1:]:
+      keys = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in keys:
+        if not keys:
+          return f"config key {name}.{part}: {name} is a value, not a group"
+        near = difflib.get_close_matches(part, keys, n=1, cutoff=0)
+        return (f"unknown config key {name}.{part}; did you mean "
+                f"{name}.{near[0]}? ({name} has {', '.join(sorted(keys))})")
+      node, name = node[part], f"{name}.{part}"
+  return None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,14 @@
-"""Images in, videos and frame folders out; every write is atomic."""
+"""Images in; videos and frame folders out, written so nothing is lost.
+
+Every output is written beside its target and renamed into place, so an
+interrupted run never leaves a half-written file. Folders carry a manifest
+(``MANIFEST``) naming what bidigen wrote there: only those entries are ever
+replaced or removed, so pointing ``--output`` at a folder of one's own (or at
+``.``) is refused instead of emptying it.
+"""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -11,6 +19,10 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "assets", "examples")
 VIDEO_SUFFIXES = (".mp4", ".gif")
+# Lists the entries of a folder that bidigen wrote (and may replace).
+MANIFEST = ".bidigen.json"
+# Work in progress; a run killed mid-write may leave one, which is ours.
+_TMP_PREFIX = ".bidigen-tmp-"
 
 
 def _umask() -> int:
@@ -19,18 +31,121 @@ def _umask() -> int:
   return mask
 
 
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
+def written_by_bidigen(folder: str) -> set[str]:
+  """The entries of ``folder`` that its manifest says bidigen wrote."""
+  try:
+    with open(os.path.join(folder, MANIFEST)) as f:
+      entries = json.load(f)["entries"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return set()
+  return {e for e in entries if isinstance(e, str) and "/" not in e}
+
+
+def foreign_entries(folder: str, names=None) -> list[str]:
+  """Entries of ``folder`` (or of ``names`` in it) bidigen did not write."""
+  ours = written_by_bidigen(folder) | {MANIFEST}
+  names = os.listdir(folder) if names is None else names
+  return sorted(n for n in names if n not in ours
+                and not n.startswith(_TMP_PREFIX)
+                and os.path.lexists(os.path.join(folder, n)))
+
+
+def _write_manifest(folder: str, entries, info: dict | None) -> None:
+  tmp = os.path.join(folder, MANIFEST + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({"written_by": "bidigen", "entries": sorted(entries),
+               **(info or {})}, f, indent=1)
+  os.replace(tmp, os.path.join(folder, MANIFEST))
+
+
+def _listing(names, limit: int = 3) -> str:
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+def check_merge(folder: str, names) -> None:
+  """Raises if any of ``names`` in ``folder`` is something bidigen did not
+  write (which a merge would replace)."""
+  clash = foreign_entries(folder, names) if os.path.isdir(folder) else []
+  if clash:
+    raise ValueError(f"{folder} already holds {_listing(clash)}, which "
+                     "bidigen did not write; move it or choose another "
+                     "folder")
+
+
+def check_folder(path: str, *, overwrite: bool = False) -> None:
+  """Raises unless ``path`` may become a folder output: it does not exist,
+  is empty, or holds only a previous bidigen output and ``overwrite``."""
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise ValueError(f"output {path} is a file, not a folder")
+  if not os.path.isdir(path) or not os.listdir(path):
+    return
+  foreign = foreign_entries(path)
+  if foreign:
+    raise ValueError(
+        f"output folder {path} is not empty and holds files bidigen did not "
+        f"write ({_listing(foreign)}); choose a new or empty folder")
+  if not overwrite:
+    raise ValueError(f"output folder {path} holds a previous bidigen output; "
+                     "pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
-def atomic_folder(path: str):
-  """A temporary folder next to ``path`` that replaces it only on success,
-  so an interrupted write never leaves a half-written folder behind."""
+def output_folder(path: str, *, overwrite: bool = False, merge: bool = False,
+                  info: dict | None = None):
+  """Yields an empty temporary folder; on success its entries move into
+  ``path``, and on failure it is removed and ``path`` is left as it was.
+
+  Args:
+    path: The output folder. New, empty, or a previous bidigen output
+      (replaced only with ``overwrite``).
+    overwrite: Replace a previous bidigen output.
+    merge: Add the entries to a folder that holds other things too (an
+      evaluation's report in a training workdir): only entries of the same
+      names that bidigen wrote before are replaced, and nothing is removed.
+    info: Extra fields for the manifest (e.g. how a sample was made).
+
+  Raises:
+    ValueError: ``path`` holds files bidigen did not write where the new
+      entries would go.
+  """
   path = os.path.abspath(path)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+  parent = os.path.dirname(path)
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(f"output folder does not exist: {parent}")
+  if not merge:
+    check_folder(path, overwrite=overwrite)
+  exists = os.path.isdir(path)
+  tmp = tempfile.mkdtemp(dir=path if exists else parent, prefix=_TMP_PREFIX)
   try:
     yield tmp
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private.
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-    os.replace(tmp, path)
+    new = set(os.listdir(tmp))
+    if not exists:
+      _write_manifest(tmp, new, info)
+      os.rename(tmp, path)  # Fails, removing nothing, if path appeared.
+      return
+    check_merge(path, new)  # Again: the folder may have changed meanwhile.
+    old = written_by_bidigen(path)
+    # Claims old and new first, so a run killed below leaves a folder that
+    # is still recognisably bidigen's own.
+    _write_manifest(path, old | new, info)
+    for name in sorted(new):
+      target = os.path.join(path, name)
+      if os.path.isdir(target) or os.path.isdir(os.path.join(tmp, name)):
+        _remove(target)  # Ours (checked above); os.replace needs it gone.
+      os.replace(os.path.join(tmp, name), target)
+    kept = old | new if merge else new
+    for name in old - kept:
+      _remove(os.path.join(path, name))
+    _write_manifest(path, kept, info)
   finally:
     if os.path.exists(tmp):
       shutil.rmtree(tmp)
@@ -79,28 +194,44 @@ def contact_sheet(frames: np.ndarray, offsets, scale: int = 2,
   return np.asarray(sheet)
 
 
-def check_output(path: str) -> None:
+def check_output(path: str, *, overwrite: bool = False) -> None:
+  """Raises, before any work is done, if ``path`` cannot be an output."""
   parent = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(parent):
     raise FileNotFoundError(f"output folder does not exist: {parent}")
-  if path.lower().endswith(VIDEO_SUFFIXES) and os.path.isdir(path):
-    raise ValueError(f"output {path} is a folder, not a video file")
+  suffix = os.path.splitext(path.rstrip("/"))[1].lower()
+  if path.endswith("/") or (os.path.isdir(path) and not suffix):
+    check_folder(path, overwrite=overwrite)
+  elif suffix in VIDEO_SUFFIXES:
+    if os.path.isdir(path):
+      raise ValueError(f"output {path} is a folder, not a video file")
+    if os.path.lexists(path) and not overwrite:
+      raise ValueError(f"output {path} exists; pass --overwrite to replace "
+                       "it")
+  elif suffix:
+    raise ValueError(
+        f"output {path}: {suffix} is not a format bidigen writes; use .mp4 "
+        "or .gif, or a folder (a name without a suffix, or ending in /)")
+  else:
+    check_folder(path, overwrite=overwrite)
 
 
-def write_output(frames: np.ndarray, first_offset: int, path: str,
-                 fps: int = 8) -> None:
+def write_output(frames: np.ndarray, first_offset: int, path: str, *,
+                 fps: int = 8, overwrite: bool = False,
+                 info: dict | None = None) -> None:
   """A video (.mp4/.gif) in time order, or a folder of signed frames.
 
   Written next to the target and renamed into place, so a failed run never
-  leaves a half-written file or folder behind.
+  leaves a half-written file or folder behind. An existing video is replaced
+  only with ``overwrite``; a folder as ``output_folder`` says.
   """
-  check_output(path)
+  check_output(path, overwrite=overwrite)
   path = os.path.abspath(path)
-  parent = os.path.dirname(path)
   offsets = [first_offset + i for i in range(len(frames))]
   if path.lower().endswith(VIDEO_SUFFIXES):
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=parent, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=os.path.dirname(path),
+                               prefix=_TMP_PREFIX)
     os.close(fd)
     try:
       if suffix.lower() == ".gif":
@@ -108,12 +239,19 @@ def write_output(frames: np.ndarray, first_offset: int, path: str,
       else:
         iio.imwrite(tmp, frames, fps=fps, codec="libx264")
       os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private.
-      os.replace(tmp, path)
+      if overwrite:
+        os.replace(tmp, path)
+      else:  # A link never replaces a file that appeared meanwhile.
+        try:
+          os.link(tmp, path)
+        except FileExistsError:
+          raise ValueError(f"output {path} exists; pass --overwrite to "
+                           "replace it") from None
     finally:
       if os.path.exists(tmp):
         os.remove(tmp)
     return
-  with atomic_folder(path) as tmp:
+  with output_folder(path, overwrite=overwrite, info=info) as tmp:
     for frame, off in zip(frames, offsets):
       Image.fromarray(frame).save(os.path.join(tmp, frame_name(off)))
     Image.fromarray(contact_sheet(frames, offsets)).save(

@@ -190,9 +190,11 @@ class Generator:
 
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,
-        checkpoint: str | None = None, guidance: float | None = None,
+        overwrite: bool = False, checkpoint: str | None = None, guidance: float | None = None,
         steps: int | None = None, config=None) -> np.ndarray:
   """The ``--mode=sample`` command: one image in, a video or folder out."""
+  import os
+  import sys
   import time
   from bidigen import media
   del config  # The model's own config (saved with it) decides everything.
@@ -202,18 +204,28 @@ def run(*, image: str | None, prompt: str, frames_before: int,
     raise ValueError("--output is required for --mode=sample (.mp4, .gif "
                      "or a folder)")
   check_frames(frames_before, frames_after)
-  media.check_output(output)
+  media.check_output(output, overwrite=overwrite)
   media.load_image(image, 8)  # Bad input fails before the model loads.
   t0 = time.time()
   gen = Generator(checkpoint)
   frame0 = media.load_image(image, gen.resolution)
+  cut = gen.encoder.too_long(prompt)
+  if cut:
+    print(f"bidigen: warning: {cut}", file=sys.stderr, flush=True)
   total = frames_before + 1 + frames_after
   print(f"sampling {total} frames ({frames_before} before, {frames_after} "
         f"after) at {gen.resolution}px, prompt {prompt!r} ...", flush=True)
   frames = gen(frame0[None], [prompt], frames_before=frames_before,
                frames_after=frames_after, seed=seed, steps=steps,
                guidance=guidance)[0]
-  media.write_output(frames, -frames_before, output,
-                     fps=gen.config.sample.fps)
+  media.write_output(
+      frames, -frames_before, output, fps=gen.config.sample.fps,
+      overwrite=overwrite,
+      info={"image": os.path.abspath(image), "prompt": prompt, "seed": seed,
+            "frames_before": frames_before, "frames_after": frames_after,
+            "steps": steps or gen.config.sample.steps,
+            "guidance": (gen.config.sample.guidance if guidance is None
+                         else guidance),
+            "checkpoint": checkpoint or "embedded default model"})
   print(f"wrote {output} ({total} frames) in {time.time() - t0:.1f}s")
   return frames

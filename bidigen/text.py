@@ -121,6 +121,20 @@ class TextEncoder:
       mask[i, :n] = 1.0
     return emb, mask
 
+  def too_long(self, prompt: str) -> str | None:
+    """Why ``prompt`` will be cut, or None when it fits the token window.
+
+    ``encode`` truncates to ``max_length`` tokens so that the UNet sees one
+    text shape; a user should hear that the rest of a prompt is ignored.
+    """
+    n = len(self._tokenizer(_clean(prompt), truncation=False,
+                            verbose=False)["input_ids"])
+    if n <= self.max_length:
+      return None
+    return (f"the prompt is {n} tokens long; the text encoder reads only the "
+            f"first {self.max_length} (special tokens included) and ignores "
+            "the rest")
+
   def _embed(self, prompts: list[str]) -> list[np.ndarray]:
     """Runs the model on up to _MAX_BATCH prompts; one row per prompt."""
     bucket = 1 << (len(prompts) - 1).bit_length()

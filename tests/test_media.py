@@ -1,4 +1,5 @@
-"""Image loading and atomic outputs."""
+"""Image loading, and outputs that are atomic and never remove what
+bidigen did not write."""
 
 import os
 
@@ -29,16 +30,124 @@ def test_frame_names_are_signed_and_padded():
   assert media.frame_name(12) == "frame_+012.png"
 
 
+FRAMES = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3),
+                                           dtype=np.uint8)
+
+
+def listing(folder):
+  return sorted(os.listdir(folder))
+
+
+def test_a_folder_of_ones_own_is_never_touched(tmp_path):
+  target = tmp_path / "mine"
+  target.mkdir()
+  (target / "keep.txt").write_text("precious")
+  for overwrite in (False, True):
+    with pytest.raises(ValueError, match="did not write.*keep.txt"):
+      media.write_output(FRAMES, -2, str(target), overwrite=overwrite)
+  assert listing(target) == ["keep.txt"]
+  assert (target / "keep.txt").read_text() == "precious"
+  assert listing(tmp_path) == ["mine"]  # No temporary folder left either.
+
+
+def test_output_dot_is_refused_not_emptied(tmp_path, monkeypatch):
+  (tmp_path / "notes.md").write_text("x")
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="not empty"):
+    media.check_output(".")
+  with pytest.raises(ValueError, match="not empty"):
+    media.write_output(FRAMES, -2, ".", overwrite=True)
+  assert listing(tmp_path) == ["notes.md"]
+
+
+def test_empty_folder_then_previous_output_needs_overwrite(tmp_path):
+  target = tmp_path / "out"
+  target.mkdir()
+  media.write_output(FRAMES, -2, str(target))  # Empty: fine.
+  first = [media.frame_name(o) for o in range(-2, 3)]
+  assert listing(target) == sorted(
+      [media.MANIFEST, "contact_sheet.png"] + first)
+  with pytest.raises(ValueError, match="--overwrite"):
+    media.write_output(FRAMES[:3], -1, str(target))
+  assert listing(target) == sorted(
+      [media.MANIFEST, "contact_sheet.png"] + first)
+  media.write_output(FRAMES[:3], -1, str(target), overwrite=True,
+                     info={"prompt": "p"})
+  # The old output's extra frames went with it; only the new one is there.
+  assert listing(target) == sorted(
+      [media.MANIFEST, "contact_sheet.png"] +
+      [media.frame_name(o) for o in range(-1, 2)])
+  np.testing.assert_array_equal(
+      iio.imread(str(target / "frame_-001.png")), FRAMES[0])
+  assert media.written_by_bidigen(str(target)) == set(
+      listing(target)) - {media.MANIFEST}
+
+
+def test_user_file_added_to_an_output_blocks_overwrite(tmp_path):
+  target = tmp_path / "out"
+  media.write_output(FRAMES, -2, str(target))
+  (target / "my_edit.png").write_text("mine")
+  with pytest.raises(ValueError, match="my_edit.png"):
+    media.write_output(FRAMES, -2, str(target), overwrite=True)
+  assert (target / "my_edit.png").read_text() == "mine"
+  assert len(listing(target)) == 8
+
+
+def test_existing_video_needs_overwrite(tmp_path):
+  video = tmp_path / "v.gif"
+  video.write_bytes(b"someone's gif")
+  with pytest.raises(ValueError, match="exists.*--overwrite"):
+    media.write_output(FRAMES, -2, str(video))
+  assert video.read_bytes() == b"someone's gif"
+  media.write_output(FRAMES, -2, str(video), overwrite=True)
+  assert iio.imread(str(video)).shape[0] == 5
+  assert listing(tmp_path) == ["v.gif"]
+
+
+@pytest.mark.parametrize("name", ["x.avi", "x.webm", "x.MOV", "x.png"])
+def test_unknown_suffixes_are_refused(tmp_path, name):
+  with pytest.raises(ValueError, match=r"\.mp4 or \.gif"):
+    media.write_output(FRAMES, -2, str(tmp_path / name))
+  assert listing(tmp_path) == []
+
+
+def test_a_trailing_slash_makes_a_dotted_name_a_folder(tmp_path):
+  media.write_output(FRAMES, -2, f"{tmp_path}/run.v2/")
+  assert "contact_sheet.png" in listing(tmp_path / "run.v2")
+
+
 def test_failed_write_leaves_the_old_output_untouched(tmp_path):
   target = tmp_path / "frames"
-  target.mkdir()
-  (target / "keep.txt").write_text("old")
+  media.write_output(FRAMES, -2, str(target))
+  before = {n: (target / n).read_bytes() for n in listing(target)}
   with pytest.raises(RuntimeError):
-    with media.atomic_folder(str(target)) as tmp:
+    with media.output_folder(str(target), overwrite=True) as tmp:
       open(os.path.join(tmp, "half.png"), "w").close()
       raise RuntimeError("interrupted")
-  assert os.listdir(tmp_path) == ["frames"]
-  assert os.listdir(target) == ["keep.txt"]
+  assert {n: (target / n).read_bytes() for n in listing(target)} == before
+  with pytest.raises(RuntimeError):
+    with media.output_folder(str(tmp_path / "new")) as tmp:
+      raise RuntimeError("interrupted")
+  assert listing(tmp_path) == ["frames"]
+
+
+def test_merge_adds_to_a_workdir_and_replaces_only_its_own(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  (tmp_path / "notes.txt").write_text("mine")
+  for text in ("first", "second"):
+    with media.output_folder(str(tmp_path), merge=True) as tmp:
+      with open(os.path.join(tmp, "report.md"), "w") as f:
+        f.write(text)
+  assert (tmp_path / "report.md").read_text() == "second"
+  assert listing(tmp_path) == sorted(
+      [media.MANIFEST, "checkpoints", "notes.txt", "report.md"])
+  with pytest.raises(ValueError, match="notes.txt"):
+    media.check_merge(str(tmp_path), ["notes.txt", "report.md"])
+  with pytest.raises(ValueError, match="notes.txt"):
+    with media.output_folder(str(tmp_path), merge=True) as tmp:
+      with open(os.path.join(tmp, "notes.txt"), "w") as f:
+        f.write("overwritten")
+  assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_video_and_folder_outputs(tmp_path):
@@ -48,7 +157,7 @@ def test_video_and_folder_outputs(tmp_path):
   assert iio.imread(str(tmp_path / "v.gif")).shape[0] == 5
   media.write_output(frames, -2, str(tmp_path / "f"))
   names = sorted(os.listdir(tmp_path / "f"))
-  assert names == sorted(["contact_sheet.png"] + [
+  assert names == sorted([media.MANIFEST, "contact_sheet.png"] + [
       media.frame_name(o) for o in range(-2, 3)])
   np.testing.assert_array_equal(
       iio.imread(str(tmp_path / "f" / "frame_-002.png")), frames[0])
