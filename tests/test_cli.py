@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +48,30 @@ def test_unreadable_image(tmp_path):
   assert os.listdir(tmp_path) == ["bad.png"]
 
 
+@pytest.mark.parametrize("output,needle", [
+    ("mine", "holds files bidigen did not write (keep.txt)"),
+    (".", "holds files bidigen did not write (keep.txt)"),
+    ("clip.avi", ".avi is not a format bidigen writes; use .mp4 or .gif"),
+    ("notes", "output notes is a file, not a folder"),
+])
+def test_outputs_that_would_lose_files_are_refused(tmp_path, output, needle):
+  """Checked before the model loads; the user's files stay as they were."""
+  image = tmp_path / "f0.png"
+  iio.imwrite(image, np.zeros((8, 8, 3), np.uint8))
+  (tmp_path / "mine").mkdir()
+  for folder in (tmp_path, tmp_path / "mine"):
+    (folder / "keep.txt").write_text("precious")
+  (tmp_path / "notes").write_text("a file without a suffix")
+  cwd = tmp_path / "mine" if output == "." else tmp_path
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  proc = run_main("--mode=sample", f"--image={image}", f"--output={output}",
+                  "--overwrite", cwd=cwd)
+  assert_one_line_error(proc, needle)
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == (
+      before)
+  assert (tmp_path / "mine" / "keep.txt").read_text() == "precious"
+
+
 def test_bad_flag_values(tmp_path):
   assert_one_line_error(
       run_main("--mode=sample", "--frames_before=-1", "--image=x.png",
@@ -60,7 +86,10 @@ def test_bad_flag_values(tmp_path):
 
 
 @pytest.mark.parametrize("config,override,needle", [
-    ("configs/synthetic.py:tiny", "--config.train.nope=1", "nope"),
+    ("configs/synthetic.py:tiny", "--config.train.nope=1",
+     "unknown config key config.train.nope; did you mean config.train."),
+    ("configs/synthetic.py:tiny", "--config.trian.batch_size=1",
+     "unknown config key config.trian; did you mean config.train?"),
     ("configs/synthetic.py:tiny", "--config.train.batch_size=abc",
      "batch_size"),
     ("configs/synthetic.py:huge", "--seed=0", "unknown variant 'huge'"),
