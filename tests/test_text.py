@@ -161,3 +161,14 @@ def test_errors(tmp_path):
     text.load_text_encoder("minilm", str(tmp_path))
   with pytest.raises(ValueError, match=r"max_length must be in \[2, 512\]"):
     text.load_text_encoder("minilm", max_length=600)
+
+
+def test_too_long_names_the_token_count(minilm):
+  # "a red ball moves left" is 5 word pieces + [CLS] [SEP] = 7 tokens.
+  assert minilm.too_long("a red ball moves left") is None
+  assert minilm.too_long(" ".join(["ball"] * (LENGTH - 2))) is None
+  msg = minilm.too_long(" ".join(["ball"] * (LENGTH - 1)))
+  assert msg and f"is {LENGTH + 1} tokens long" in msg
+  assert f"only the first {LENGTH}" in msg
+  # 5000 words: counted, not cut at the model's 512 positions.
+  assert "is 5002 tokens long" in minilm.too_long(" ".join(["ball"] * 5000))
