@@ -56,3 +56,18 @@ def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
   videos = [o for c in nb.cells for o in c.get("outputs", [])
             if "<video" in str(o.get("data", {}).get("text/html", ""))]
   assert len(videos) == 1
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_install_source(tmp_path, monkeypatch, where):
+  """From a checkout (the notebook in its launch/) bidigen installs from
+  that folder; anywhere else (Colab's /content) from the repository."""
+  with open(NOTEBOOK) as f:
+    cell = next(c for c in json.load(f)["cells"] if c["cell_type"] == "code")
+  monkeypatch.chdir(os.path.join(ROOT, "launch") if where == "checkout"
+                    else tmp_path)
+  scope = {}
+  exec("".join(cell["source"]), scope)  # Outside Colab it installs nothing.
+  assert scope["SOURCE"] == (
+      ROOT if where == "checkout" else
+      "git+https://github.com/abhinavsingh9714/bidirectional_video_generation")
