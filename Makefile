@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(BIN)/python -m bidigen.main --mode=sample \
 	  --image=bidigen/assets/examples/red_ball_temple.png \
 	  --prompt="a red ball moves to the right" \
-	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4
+	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4 \
+	  --overwrite
 
 # The web GUI on 127.0.0.1:7860 (flags: python -m bidigen.gui --help).
 gui: $(STAMP)
