@@ -4,7 +4,8 @@ Train (this is how bidigen/assets/default_model was made):
   python -m bidigen.main --config=configs/synthetic.py --mode=train \
       --workdir=workdirs/synthetic
   python -m bidigen.main --config=configs/synthetic.py --mode=export \
-      --workdir=workdirs/synthetic --output=bidigen/assets/default_model --overwrite
+      --workdir=workdirs/synthetic --output=bidigen/assets/default_model \
+      --overwrite
 Tests and CI use the ``:tiny`` variant (32px clips, a small model, 6 steps):
   python -m bidigen.main --config=configs/synthetic.py:tiny --mode=train \
       --workdir=/tmp/tiny
