@@ -53,11 +53,26 @@ EXAMPLES = (
 )
 
 
-def upload_path(payload) -> str | None:
-  """The server-side path of an image input taken without preprocessing."""
-  if isinstance(payload, dict):
-    return payload.get("path")
-  return payload or None
+def upload_path(payload, allowed=None) -> str | None:
+  """The server-side path of an image input taken without preprocessing.
+
+  The page sends the path of a file it uploaded; a client may send any
+  path, so only files inside ``allowed`` (gradio's upload folder and the
+  bundled examples) are accepted: the server never reads other files.
+  """
+  path = payload.get("path") if isinstance(payload, dict) else payload
+  if not path:
+    return None
+  if allowed is None:
+    import gradio.utils  # pylint: disable=g-import-not-at-top
+    allowed = (gradio.utils.get_upload_folder(), media.EXAMPLES)
+  real = os.path.realpath(str(path))
+  for folder in allowed:
+    folder = os.path.realpath(folder)
+    if os.path.commonpath([real, folder]) == folder:
+      return real
+  raise ValueError("Upload the image through the page: this server reads "
+                   "no other files.")
 
 
 def check_image(path: str | None, max_pixels: int = MAX_PIXELS) -> None:
@@ -180,6 +195,7 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
     frame0, kw = read(image, *numbers)
     cut = gen.encoder.too_long(prompt or "")
     if cut:
+      print(f"warning: {cut}", flush=True)
       gr.Warning(cut[0].upper() + cut[1:] + ".")
     return run(frame0, prompt or "", kw, progress)
 

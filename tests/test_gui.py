@@ -2,8 +2,8 @@
 
 The browser test starts ``python -m bidigen.gui`` as a person would, uploads
 a bundled image through the page and reads back what the page shows. It
-drives Debian's Chromium (playwright cannot download its own browser here);
-without one it skips, saying why.
+drives Debian's Chromium (playwright cannot download its own browser here;
+`make install` installs it); without one it skips, saying why.
 """
 
 import json
@@ -28,7 +28,8 @@ EXAMPLE = os.path.join(media.EXAMPLES, "red_ball_temple.png")
 BEFORE, AFTER, STEPS = 2, 2, 4
 with open(os.path.join(os.path.dirname(media.EXAMPLES), "default_model",
                        "config.json")) as f:
-  _MODEL = json.load(f)["model"]
+  _CONFIG = json.load(f)
+_MODEL, _MODEL_SAMPLE = _CONFIG["model"], _CONFIG["sample"]
 GROW = _MODEL["window"] - _MODEL["context_frames"]  # One expansion step.
 
 
@@ -47,6 +48,17 @@ def test_check_image_accepts_an_image_and_explains_bad_ones(tmp_path):
     gui.check_image(str(big), max_pixels=5_000_000)
   assert gui.upload_path({"path": EXAMPLE, "orig_name": "x"}) == EXAMPLE
   assert gui.upload_path(None) is None
+  # Only uploads (and the bundled examples): never another server file.
+  up = tmp_path / "uploads"
+  up.mkdir()
+  (up / "a.png").write_bytes(b"x")
+  (up / "link.png").symlink_to("/etc/hostname")
+  assert gui.upload_path({"path": str(up / "a.png")}, [str(up)]) == str(
+      up / "a.png")
+  for bad in ("/etc/passwd", "a.png", str(up / ".." / "big.png"),
+              str(up / "link.png")):
+    with pytest.raises(ValueError, match="Upload the image through the page"):
+      gui.upload_path({"path": bad}, [str(up)])
 
 
 def test_check_settings_converts_and_rejects_out_of_range():
@@ -89,21 +101,12 @@ def test_captions_and_video(tmp_path):
 
 
 def _chromium() -> str | None:
-  """Debian's Chromium binary, installed with apt-get if we may."""
-  def find():
-    for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
-              shutil.which("chromium-browser")):
-      if p and os.path.isfile(p) and os.access(p, os.X_OK):
-        return p
-    return None
-  if find() is None and os.geteuid() == 0 and shutil.which("apt-get"):
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    if subprocess.run(install, env=env, capture_output=True).returncode:
-      subprocess.run(["apt-get", "update", "-q"], env=env,
-                     capture_output=True)
-      subprocess.run(install, env=env, capture_output=True)
-  return find()
+  """Debian's Chromium binary (`make install` installs it where it can)."""
+  for p in ("/usr/lib/chromium/chromium", shutil.which("chromium"),
+            shutil.which("chromium-browser")):
+    if p and os.path.isfile(p) and os.access(p, os.X_OK):
+      return p
+  return None
 
 
 def _free_port() -> int:
@@ -117,12 +120,16 @@ def server(tmp_path_factory):
   """``python -m bidigen.gui`` on a free port; yields its URL."""
   port = _free_port()
   log = tmp_path_factory.mktemp("gui") / "server.log"
-  env = dict(os.environ)
+  # Its own temp folder and an empty working folder: the test checks that
+  # the server writes nowhere else.
+  tmp, cwd = (tmp_path_factory.mktemp(n) for n in ("gui_tmp", "gui_cwd"))
+  env = dict(os.environ, TMPDIR=str(tmp))
   env.pop("XLA_FLAGS", None)  # One device: 8 virtual ones would each work.
   with open(log, "w") as out:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bidigen.gui", f"--port={port}",
-         "--no-warmup"], stdout=out, stderr=subprocess.STDOUT, env=env)
+         "--no-warmup"], stdout=out, stderr=subprocess.STDOUT, env=env,
+        cwd=cwd)
   url = f"http://127.0.0.1:{port}/"
   try:
     deadline = time.time() + 600
@@ -136,7 +143,7 @@ def server(tmp_path_factory):
         if time.time() > deadline:
           pytest.fail(f"no GUI server after 600s:\n{log.read_text()}")
         time.sleep(1)
-    yield url, proc, log
+    yield url, proc, log, tmp, cwd
   finally:
     proc.terminate()
     try:
@@ -150,8 +157,8 @@ def page():
   playwright = pytest.importorskip("playwright.sync_api")
   exe = _chromium()
   if exe is None:
-    pytest.skip("no Chromium: `apt-get install -y chromium` failed or is "
-                "not possible here")
+    pytest.skip("no Chromium: `make install` installs it with apt-get as "
+                "root; here that was not possible")
   with playwright.sync_playwright() as p:
     browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
     yield browser.new_page(viewport={"width": 1280, "height": 1100})
@@ -165,7 +172,7 @@ def _error_text(page, match: str, timeout: float = 120_000) -> str:
 
 
 def test_generate_in_the_browser(server, page, tmp_path):
-  url, proc, log = server
+  url, proc, log, _, _ = server
   page.goto(url)
   page.locator("#generate").wait_for(timeout=60_000)
 
@@ -226,3 +233,72 @@ def _check_result(page, count: int, before: int) -> None:
   page.wait_for_function(
       "document.querySelector('#video video').videoWidth > 0",
       timeout=30_000)
+
+
+def _call(url: str, api: str, data: list) -> tuple[str, object]:
+  """One request through gradio's HTTP API, as any client could send it:
+  ("complete", outputs) or ("error", message)."""
+  base = url + "gradio_api/call/" + api
+  req = urllib.request.Request(base, json.dumps({"data": data}).encode(),
+                               {"Content-Type": "application/json"})
+  with urllib.request.urlopen(req, timeout=60) as r:
+    event = json.load(r)["event_id"]
+  with urllib.request.urlopen(f"{base}/{event}", timeout=600) as r:
+    lines = r.read().decode().splitlines()
+  kind = [l.split(": ", 1)[1] for l in lines if l.startswith("event: ")][-1]
+  payload = json.loads([l[6:] for l in lines if l.startswith("data: ")][-1])
+  return kind, (payload.get("error") if kind == "error" else payload)
+
+
+def test_server_survives_bad_requests_and_writes_only_its_temp(server,
+                                                               tmp_path):
+  """Requests no page would send: server paths in the image field, a
+  10k-character prompt, an image over the pixel limit, an upload over the
+  size limit, two requests at once. Each gets an answer; the server keeps
+  serving and writes only under its own temp folder."""
+  gradio_client = pytest.importorskip("gradio_client")
+  url, proc, log, tmp, cwd = server
+  client = gradio_client.Client(url, verbose=False)
+  guidance = _MODEL_SAMPLE["guidance"]
+  settings = [BEFORE, AFTER, 0, STEPS, guidance]
+
+  secret = tmp_path / "secret.png"  # A real image the server may not read.
+  Image.new("RGB", (64, 64), "red").save(secret)
+  for path in (str(secret), "/etc/passwd", "../../etc/passwd"):
+    for payload in ({"path": path}, {"path": path, "meta": {
+        "_type": "gradio.FileData"}}):
+      kind, msg = _call(url, "generate", [payload, "x"] + settings)
+      assert kind == "error", (payload, msg)
+      assert ("Upload the image through the page" in msg
+              or "not uploaded by a user" in msg), msg
+
+  huge = tmp_path / "huge.png"  # 60 MP, but a small file: refused unread.
+  Image.new("L", (10_000, 6_000)).save(huge, optimize=True)
+  with pytest.raises(Exception, match="megapixels"):
+    client.predict(gradio_client.handle_file(str(huge)), "x", *settings,
+                   api_name="/generate")
+  heavy = tmp_path / "heavy.png"  # Over the 25 MB upload limit.
+  heavy.write_bytes(os.urandom(26 * 2**20))
+  with pytest.raises(Exception):
+    client.predict(gradio_client.handle_file(str(heavy)), "x", *settings,
+                   api_name="/generate")
+
+  # Two requests at once, one with a 10k-character prompt: both answered.
+  import concurrent.futures
+  prompts = ["a red ball moves to the right", "ball " * 2000]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda p: _call(
+        url, "generate", [{"path": EXAMPLE}, p] + settings), prompts))
+  for kind, out in results:
+    assert kind == "complete", out
+    video, gallery, summary = out[0], out[1], out[-1]
+    assert len(gallery) == BEFORE + 1 + AFTER
+    assert f"{BEFORE + 1 + AFTER} frames" in summary
+    for f in [video] + [g["image"] for g in gallery]:
+      assert os.path.realpath(f["path"]).startswith(
+          os.path.realpath(tmp) + os.sep), f
+  assert "the prompt is 2002 tokens long" in log.read_text()
+
+  urllib.request.urlopen(url, timeout=10).close()  # Still serving.
+  assert proc.poll() is None, log.read_text()[-3000:]
+  assert os.listdir(cwd) == []
