@@ -32,9 +32,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from bidigen import media  # noqa: E402
 from bidigen import sample  # noqa: E402
 
-# Larger uploads are refused before decoding: the model works at tens of px,
-# and a decompression bomb must not take the server down.
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = media.MAX_PIXELS  # Refused before decoding.
 MAX_UPLOAD = "25mb"
 # The frames gallery wraps as many frames a row as fit (gradio's fixed
 # column count overflows and hides some) and is only as tall as its rows.
@@ -115,10 +113,15 @@ def check_settings(frames_before, frames_after, seed, steps, guidance, *,
   kw = dict(frames_before=_whole("Frames before", frames_before, 0,
                                  max_frames),
             frames_after=_whole("Frames after", frames_after, 0, max_frames),
-            seed=_whole("Seed", seed, 0, 2**31 - 1),
-            steps=_whole("Steps", steps, 1, 1000))
-  if guidance is None or not 0 <= float(guidance) <= 50:
-    raise ValueError(f"Guidance must be in [0, 50], got {guidance!r}.")
+            seed=_whole("Seed", seed, 0, sample.MAX_SEED),
+            steps=_whole("Steps", steps, 1, sample.MAX_STEPS))
+  top = sample.MAX_GUIDANCE
+  try:
+    ok = 0 <= float(guidance) <= top  # False for NaN.
+  except (TypeError, ValueError):
+    ok = False
+  if not ok:
+    raise ValueError(f"Guidance must be in [0, {top:g}], got {guidance!r}.")
   kw["guidance"] = float(guidance)
   return kw
 

@@ -19,6 +19,9 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "assets", "examples")
 VIDEO_SUFFIXES = (".mp4", ".gif")
+# Larger input images are refused before decoding: the model works at
+# 128-256 px, and a decompression bomb must not take a machine down.
+MAX_PIXELS = 50_000_000
 # Lists the entries of a folder that bidigen wrote (and may replace).
 MANIFEST = ".bidigen.json"
 # Work in progress; a run killed mid-write may leave one, which is ours.
@@ -151,21 +154,41 @@ def output_folder(path: str, *, overwrite: bool = False, merge: bool = False,
       shutil.rmtree(tmp)
 
 
-def load_image(path: str, resolution: int) -> np.ndarray:
-  """Centre-crops and resizes an image file: uint8 [R, R, 3]."""
+def load_image(path: str, resolution: int,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  """Centre-crops and resizes an image file: uint8 [R, R, 3].
+
+  The size is read from the header first: an image over ``max_pixels`` is
+  refused before it is decoded (a small file can hold a huge image).
+  """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"image not found: {path}")
   try:
     with Image.open(path) as im:
-      im = im.convert("RGB")
       w, h = im.size
+      if w * h > max_pixels:
+        raise _TooLarge(w, h)
+      im = im.convert("RGB")
       side = min(w, h)
       left, top = (w - side) // 2, (h - side) // 2
       im = im.crop((left, top, left + side, top + side))
       im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
       return np.asarray(im, dtype=np.uint8)
-  except (UnidentifiedImageError, OSError, ValueError) as e:
+  except _TooLarge as e:
+    w, h = e.args
+    raise ValueError(f"image {path} is {w}x{h} = {w * h / 1e6:.0f} "
+                     f"megapixels; the limit is {max_pixels / 1e6:.0f}: "
+                     "downscale it first") from None
+  except Image.DecompressionBombError:
+    raise ValueError(f"image {path} is over {max_pixels / 1e6:.0f} "
+                     "megapixels; downscale it first") from None
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    # PIL raises SyntaxError for some malformed headers.
     raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+class _TooLarge(Exception):
+  pass
 
 
 def frame_name(offset: int) -> str:

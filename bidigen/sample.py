@@ -23,6 +23,11 @@ _OFFSET_BASE = 1 << 20
 # Expansion has no length limit of its own; this keeps one request's frame
 # buffer within a machine's memory.
 MAX_FRAMES_PER_SIDE = 1024
+# Past these, a request is a mistake rather than a setting: quality stops
+# improving long before.
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+MAX_SEED = 2**31 - 1
 
 
 def plan(frames_before: int, frames_after: int, window: int, context: int):
@@ -126,12 +131,25 @@ def sample_keys(seed: int, batch: int):
   return jax.vmap(lambda i: jax.random.fold_in(root, i))(np.arange(batch))
 
 
-def check_frames(frames_before: int, frames_after: int) -> None:
-  for name, n in (("frames_before", frames_before),
-                  ("frames_after", frames_after)):
-    if not 0 <= n <= MAX_FRAMES_PER_SIDE:
-      raise ValueError(f"{name} must be in [0, {MAX_FRAMES_PER_SIDE}], "
-                       f"got {n}")
+def check_settings(frames_before: int, frames_after: int,
+                   steps: int | None = None, guidance: float | None = None,
+                   seed: int = 0) -> None:
+  """Raises ValueError naming the first setting out of range (None: the
+  model's default, checked where it is read)."""
+  for name, n, low, high in (
+      ("frames_before", frames_before, 0, MAX_FRAMES_PER_SIDE),
+      ("frames_after", frames_after, 0, MAX_FRAMES_PER_SIDE),
+      ("steps", 1 if steps is None else steps, 1, MAX_STEPS),
+      ("seed", seed, 0, MAX_SEED)):
+    if (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+        or not low <= n <= high):
+      raise ValueError(f"{name} must be a whole number in [{low}, {high}], "
+                       f"got {n!r}")
+  if guidance is not None and not (isinstance(guidance, (int, float, np.number))
+                                   and 0 <= guidance <= MAX_GUIDANCE):
+    # NaN fails the comparison too: it would fill every frame with NaN.
+    raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got "
+                     f"{guidance!r}")
 
 
 class Generator:
@@ -160,10 +178,7 @@ class Generator:
     steps = self.config.sample.steps if steps is None else steps
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
-    check_frames(frames_before, frames_after)
-    if steps < 1 or guidance < 0:
-      raise ValueError(f"steps must be >= 1 and guidance >= 0, got "
-                       f"steps={steps}, guidance={guidance}")
+    check_settings(frames_before, frames_after, steps, guidance, seed)
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (self.resolution,
                                                 self.resolution, 3):
@@ -203,7 +218,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   if not output:
     raise ValueError("--output is required for --mode=sample (.mp4, .gif "
                      "or a folder)")
-  check_frames(frames_before, frames_after)
+  check_settings(frames_before, frames_after, steps, guidance, seed)
   media.check_output(output, overwrite=overwrite)
   media.load_image(image, 8)  # Bad input fails before the model loads.
   t0 = time.time()

@@ -77,6 +77,12 @@ def test_bad_flag_values(tmp_path):
       run_main("--mode=sample", "--frames_before=-1", "--image=x.png",
                "--output=o.mp4"), "frames_before")
   assert_one_line_error(run_main("--mode=dance"), "mode")
+  example = os.path.join(ROOT, "bidigen", "assets", "examples", "coffee.png")
+  for flag, needle in (("--guidance=nan", "guidance must be in [0, 50]"),
+                       ("--seed=99999999999", "seed must be a whole number")):
+    assert_one_line_error(
+        run_main("--mode=sample", f"--image={example}", flag,
+                 f"--output={tmp_path}/o.mp4"), needle)
   assert_one_line_error(
       run_main("--mode=sample", "--image=x.png", "--frames_after=5000",
                f"--output={tmp_path}/o.mp4"), "frames_after")

@@ -1,0 +1,132 @@
+"""Property-based tests of what users type and upload: every input either
+works or is refused with a one-line ValueError, and nothing is written."""
+
+import io
+import math
+import os
+import tempfile
+
+from hypothesis import given, settings, strategies as st
+import numpy as np
+from PIL import Image
+import pytest
+
+from bidigen import gui
+from bidigen import media
+from bidigen import sample
+
+# (PIL mode, formats that can store it).
+MODES = {
+    "1": ("PNG", "BMP", "TIFF", "GIF"), "L": ("PNG", "JPEG", "BMP", "TIFF"),
+    "LA": ("PNG", "TIFF"), "P": ("PNG", "BMP", "GIF", "TIFF"),
+    "RGB": ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"),
+    "RGBA": ("PNG", "TIFF", "WEBP"), "I;16": ("PNG", "TIFF"),
+    "I": ("PNG", "TIFF"), "F": ("TIFF",),
+}
+
+
+@st.composite
+def image_files(draw):
+  """Bytes of an image file: any mode, size and format; maybe truncated or
+  not an image at all."""
+  kind = draw(st.sampled_from(["image", "image", "truncated", "noise"]))
+  if kind == "noise":
+    return draw(st.binary(max_size=256))
+  mode = draw(st.sampled_from(sorted(MODES)))
+  fmt = draw(st.sampled_from(MODES[mode]))
+  w = draw(st.integers(1, 96))
+  h = draw(st.sampled_from([1, 2, 7, w, 64, 300]))
+  seed = draw(st.integers(0, 2**16))
+  pixels = np.random.default_rng(seed).integers(0, 255, (h, w, 4),
+                                                dtype=np.uint8)
+  im = Image.fromarray(pixels, "RGBA").convert(mode)
+  buf = io.BytesIO()
+  im.save(buf, format=fmt)
+  data = buf.getvalue()
+  if kind == "truncated":
+    data = data[:draw(st.integers(0, max(0, len(data) - 1)))]
+  return data
+
+
+def one_line(e: BaseException) -> bool:
+  return "\n" not in str(e) and str(e).strip() != ""
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF:UserWarning",
+                            "ignore:Truncated File Read:UserWarning")
+@settings(max_examples=150, deadline=None)
+@given(data=image_files(), resolution=st.sampled_from([8, 64]),
+       suffix=st.sampled_from([".png", ".jpg", ".bin", ""]))
+def test_image_loader_works_or_says_why(data, resolution, suffix):
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "f0" + suffix)
+    with open(path, "wb") as f:
+      f.write(data)
+    try:
+      out = media.load_image(path, resolution)
+    except ValueError as e:
+      assert one_line(e) and path in str(e), e
+    else:
+      assert out.shape == (resolution, resolution, 3)
+      assert out.dtype == np.uint8
+    assert os.listdir(folder) == ["f0" + suffix]
+
+
+def test_image_loader_refuses_huge_images_before_decoding(tmp_path):
+  bomb = tmp_path / "bomb.png"  # 200 MP in a 24 kB file.
+  Image.new("1", (20_000, 10_000)).save(bomb, optimize=True)
+  with pytest.raises(ValueError, match="over 50 megapixels"):
+    media.load_image(str(bomb), 8)
+  big = tmp_path / "big.png"  # 60 MP: under PIL's bomb limit, over ours.
+  Image.new("1", (10_000, 6_000)).save(big, optimize=True)
+  with pytest.raises(ValueError, match="10000x6000 = 60 megapixels"):
+    media.load_image(str(big), 8)
+  tall = tmp_path / "tall.png"  # Extreme but small: works.
+  Image.new("RGB", (3, 4000), "red").save(tall)
+  assert media.load_image(str(tall), 8)[4, 4].tolist() == [255, 0, 0]
+
+
+anything = st.one_of(
+    st.integers(-2**70, 2**70), st.integers(-3, 2000),
+    st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.none(), st.text(max_size=6),
+    st.sampled_from([0, 1, 1024, 1025, 1000, 1001, 50.0, 50.5, -0.0,
+                     2**31 - 1, 2**31]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=anything, after=anything, steps=anything, guidance=anything,
+       seed=anything)
+def test_sampler_settings_are_in_range_or_refused(before, after, steps,
+                                                  guidance, seed):
+  try:
+    sample.check_settings(before, after, steps, guidance, seed)
+  except ValueError as e:
+    assert one_line(e)
+    assert str(e).split()[0] in ("frames_before", "frames_after", "steps",
+                                 "guidance", "seed")
+    return
+  for n, high in ((before, sample.MAX_FRAMES_PER_SIDE),
+                  (after, sample.MAX_FRAMES_PER_SIDE), (seed, sample.MAX_SEED)):
+    assert type(n) is int and 0 <= n <= high
+  assert steps is None or (type(steps) is int
+                           and 1 <= steps <= sample.MAX_STEPS)
+  assert guidance is None or (math.isfinite(guidance)
+                              and 0 <= guidance <= sample.MAX_GUIDANCE)
+
+
+@settings(max_examples=400, deadline=None)
+@given(before=anything, after=anything, seed=anything, steps=anything,
+       guidance=anything, max_frames=st.integers(0, 5000))
+def test_gui_settings_convert_or_say_why(before, after, seed, steps,
+                                         guidance, max_frames):
+  try:
+    kw = gui.check_settings(before, after, seed, steps, guidance,
+                            max_frames=max_frames)
+  except ValueError as e:
+    assert one_line(e)
+    return
+  # What the page accepts, the sampler accepts too.
+  sample.check_settings(kw["frames_before"], kw["frames_after"], kw["steps"],
+                        kw["guidance"], kw["seed"])
+  assert max(kw["frames_before"], kw["frames_after"]) <= max_frames
