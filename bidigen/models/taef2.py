@@ -55,7 +55,8 @@ class Block(nn.Module):
 
 # The layers of upstream's nn.Sequential, by index (the index names each
 # module, so the converter maps state-dict keys without a table):
-# ("conv", stride, bias, out) | ("block", pool) | ("up",) | ("clamp",) | ("relu",)
+# ("conv", stride, bias, out) | ("block", pool) | ("up",) | ("clamp",)
+# | ("relu",).
 def _encoder_layers(latent_channels, gn):
   layers = [("conv", 1, True, WIDTH), ("block", False)]
   for level in range(3):
