@@ -138,8 +138,10 @@ def unpickle(data: bytes, allowed, source: str, persistent_fn=None):
   try:
     return RestrictedUnpickler(io.BytesIO(data), allowed, source,
                                persistent_fn).load()
-  except ValueError:
-    raise
+  except ValueError as e:
+    if str(e).startswith(source):
+      raise
+    raise ValueError(f"{source}: {e}") from e
   except Exception as e:  # pylint: disable=broad-except
     # Malformed opcodes raise anything from EOFError to KeyError.
     raise ValueError(f"{source}: not a readable weights pickle "
@@ -171,10 +173,11 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False,
   """torch._utils._rebuild_tensor_v2 for NumPy: a strided view, copied."""
   del requires_grad, hooks, metadata
   size, stride = tuple(size), tuple(stride)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(
-      size) else offset - 1
+  if not all(size):
+    return np.zeros(size, storage.dtype)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if offset < 0 or min(stride, default=0) < 0 or last >= storage.size:
-    raise ValueError(f"tensor of size {size} runs past its storage")
+    raise ValueError(f"a tensor of size {size} runs past its storage")
   item = storage.itemsize
   return np.lib.stride_tricks.as_strided(
       storage[offset:], size, tuple(s * item for s in stride)).copy()
@@ -197,8 +200,8 @@ def read_torch_zip(path: str, sha256: str) -> dict[str, np.ndarray]:
     if len(pkls) != 1:
       raise ValueError(f"{path}: expected one */data.pkl, found {pkls}")
     root = pkls[0][:-len("data.pkl")]
-    if zf.namelist().count(root + "byteorder") and zf.read(
-        root + "byteorder") != b"little":
+    if (root + "byteorder" in zf.namelist()
+        and zf.read(root + "byteorder") != b"little"):
       raise ValueError(f"{path}: only little-endian checkpoints are read")
     storages = {}
 

@@ -87,6 +87,8 @@ def test_taef2_is_deterministic_and_folds_leading_axes(taef2_params):
       taef2.encode(taef2_params, video[1, 0]), z1[1, 0], atol=1e-4)
   with pytest.raises(ValueError, match="divisible by 8"):
     taef2.encode(taef2_params, video[..., :60, :, :])
+  with pytest.raises(ValueError, match="float images in"):
+    taef2.encode(taef2_params, photos(64))
 
 
 def _one_line(excinfo, *words):

@@ -128,6 +128,8 @@ def preprocess(videos: jax.Array) -> jax.Array:
   Whole frames, bilinearly resized without cropping, as FVD does: a
   generator's framing is part of what FVD measures.
   """
+  if videos.dtype != jnp.uint8:
+    raise ValueError(f"I3D takes uint8 frames, got {videos.dtype}")
   n, t = videos.shape[:2]
   x = videos.astype(jnp.float32) / 127.5 - 1
   return jax.image.resize(x, (n, t, RESOLUTION, RESOLUTION, 3), "bilinear",

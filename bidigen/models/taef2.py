@@ -155,27 +155,33 @@ def load(directory: str = pretrained.TAEF2_DIR, dtype=jnp.float32) -> dict:
   return out
 
 
-def _flat(x, dims):
+def _flat(x):
+  """[..., H, W, C] -> [N, H, W, C] and the function that undoes it."""
   lead = x.shape[:-3]
   return x.reshape((-1,) + x.shape[-3:]), lambda y: y.reshape(
-      lead + y.shape[-dims:])
+      lead + y.shape[-3:])
 
 
 def encode(params: dict, images: jax.Array) -> jax.Array:
   """Images [..., H, W, 3] in [0, 1] (H, W multiples of 8) -> latents
   [..., H/8, W/8, 32]. Leading axes (batch, time) are folded together."""
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"TAEF2 takes float images in [0, 1], got "
+                     f"{images.dtype}")
   if images.shape[-3] % FACTOR or images.shape[-2] % FACTOR:
     raise ValueError(f"TAEF2 needs sides divisible by {FACTOR}, got "
                      f"{images.shape[-3:-1]}")
-  x, unflat = _flat(images, 3)
-  dtype = jax.tree_util.tree_leaves(params["encoder"])[0].dtype
-  z = Encoder().apply({"params": params["encoder"]}, x.astype(dtype))
+  x, unflat = _flat(images)
+  p = jax.lax.stop_gradient(params["encoder"])  # Frozen: never trained here.
+  dtype = jax.tree_util.tree_leaves(p)[0].dtype
+  z = Encoder().apply({"params": p}, x.astype(dtype))
   return unflat(z)
 
 
 def decode(params: dict, latents: jax.Array) -> jax.Array:
   """Latents [..., h, w, 32] -> images [..., 8h, 8w, 3] clipped to [0, 1]."""
-  z, unflat = _flat(latents, 3)
-  dtype = jax.tree_util.tree_leaves(params["decoder"])[0].dtype
-  x = Decoder().apply({"params": params["decoder"]}, z.astype(dtype))
+  z, unflat = _flat(latents)
+  p = jax.lax.stop_gradient(params["decoder"])
+  dtype = jax.tree_util.tree_leaves(p)[0].dtype
+  x = Decoder().apply({"params": p}, z.astype(dtype))
   return unflat(jnp.clip(x, 0, 1))
