@@ -113,8 +113,8 @@ def load() -> dict:
   # The port keeps TF's (1, 1, 1, 1, C) statistics; Flax's BatchNorm has (C,).
   tree["batch_stats"] = jax.tree_util.tree_map(
       lambda a: a.reshape(-1), tree["batch_stats"])
-  want = jax.eval_shape(I3D().init, jax.random.key(0),
-                        jnp.zeros((1, 8, 32, 32, 3)))
+  shape = (1, FVD_FRAMES, RESOLUTION, RESOLUTION, 3)
+  want = jax.eval_shape(I3D().init, jax.random.key(0), jnp.zeros(shape))
   shapes = lambda t: jax.tree_util.tree_map(np.shape, t)
   if shapes(tree) != shapes(want):
     raise ValueError(f"{path}: the checkpoint's tree does not match "

