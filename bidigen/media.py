@@ -161,6 +161,8 @@ def load_image(path: str, resolution: int,
   The size is read from the header first: an image over ``max_pixels`` is
   refused before it is decoded (a small file can hold a huge image).
   """
+  if os.path.isdir(path):
+    raise ValueError(f"image {path} is a folder, not an image file")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"image not found: {path}")
   try:
