@@ -20,6 +20,12 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The tiny programs most tests run spend more time in XLA's optimiser than
+# in running: a tiny training subprocess took 99 s of CPU with it and 66 s
+# without, with the same losses. Tests compare runs made with the same
+# setting; the few that compute much (tests/test_pretrained.py) turn it back
+# on with the ``optimized_xla`` fixture.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="bidigen-test-jax-cache-")
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
@@ -60,3 +66,13 @@ def tiny_config():
   config = synthetic.get_config("tiny")
   config.model.text.path = tiny_text_encoder()
   return config
+
+
+@pytest.fixture(scope="module")
+def optimized_xla():
+  """XLA's optimisations for a module whose programs compute a lot."""
+  import jax
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)

@@ -32,6 +32,8 @@ SHARED = os.environ.get("BIDIGEN_SHARED", os.path.join(ROOT, os.pardir,
 TAEF2_SRC = os.path.join(SHARED, "weights", "taef2")
 CLIPS = os.path.join(SHARED, "data", "clips")
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+# I3D at 224 px and TAEF2 at 256 px compute more than they compile.
+pytestmark = pytest.mark.usefixtures("optimized_xla")
 
 
 def photos(size: int) -> np.ndarray:
