@@ -1,10 +1,16 @@
 # The two commands of the README: `make demo` and `make test`.
 PY ?= python3.11
+# The other Pythons bidigen supports, each checked briefly in its own venv
+# .venv-pyXY (.ci/check_python); the Colab notebook's test runs again on
+# NOTEBOOK_PY, Colab's Python.
+PYTHONS ?= 3.12 3.13
+NOTEBOOK_PY ?= 3.12
+NOTEBOOK_VENV = .venv-py$(subst .,,$(NOTEBOOK_PY))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo gui test clean
+.PHONY: install browser demo gui test check-pythons clean
 
 install: $(STAMP) browser
 
@@ -43,6 +49,14 @@ gui: $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15 tests
+
+# Every version is checked even when one fails; nonzero if any did.
+check-pythons: $(STAMP)
+	@rc=0; for v in $(PYTHONS); do .ci/check_python $$v || rc=1; done; \
+	BIDIGEN_NOTEBOOK_PYTHON="$(CURDIR)/$(NOTEBOOK_VENV)/bin/python" \
+	  $(BIN)/python -m pytest -q \
+	  tests/test_colab.py::test_notebook_runs_on_colabs_python || rc=1; \
+	exit $$rc
 
 clean:
 	rm -rf out .pytest_cache

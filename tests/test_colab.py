@@ -2,17 +2,22 @@
 
 Outside Colab its install cell skips itself; environment variables give the
 parameter cell a small setting. The kernel is this venv's python, through a
-kernelspec written for the test, so the notebook sees the bidigen under test.
+kernelspec written for the test, so the notebook sees the bidigen under test;
+`make check-pythons` runs it once more in a Python 3.12 venv, Colab's Python.
 """
 
 import json
 import os
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "launch", "colab_sampling.ipynb")
 FRAMES, STEPS = 2, 4
+# Colab's runtime. `make check-pythons` sets BIDIGEN_NOTEBOOK_PYTHON to the
+# python of the venv it made of this version (.venv-py312).
+COLAB_PYTHON = (3, 12)
 
 
 def test_committed_notebook_has_no_outputs():
@@ -24,12 +29,34 @@ def test_committed_notebook_has_no_outputs():
 
 
 def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
+  run_notebook(tmp_path, monkeypatch, sys.executable)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("BIDIGEN_NOTEBOOK_PYTHON"),
+    reason="`make check-pythons` runs it with the Python 3.12 venv")
+def test_notebook_runs_on_colabs_python(tmp_path, monkeypatch):
+  python = os.environ["BIDIGEN_NOTEBOOK_PYTHON"]
+  assert os.access(python, os.X_OK), f"no interpreter {python}"
+  version, prefix, module = run_notebook(tmp_path, monkeypatch, python)
+  assert tuple(version[:2]) == COLAB_PYTHON, version
+  assert os.path.samefile(prefix, os.path.dirname(os.path.dirname(python)))
+  assert module.startswith(prefix), (module, prefix)  # The venv's bidigen.
+
+
+def run_notebook(tmp_path, monkeypatch, python) -> list:
+  """Runs the notebook in a kernel of `python`, checks what it printed and
+  wrote; returns the kernel's Python version, sys.prefix and bidigen file."""
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   from ipykernel import kernelspec
   kernelspec.install(kernel_name="bidigen-test", prefix=str(tmp_path / "k"))
-  monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "k" / "share" /
-                                         "jupyter"))
+  jupyter = tmp_path / "k" / "share" / "jupyter"
+  spec_file = jupyter / "kernels" / "bidigen-test" / "kernel.json"
+  spec = json.loads(spec_file.read_text())
+  spec["argv"][0] = python
+  spec_file.write_text(json.dumps(spec))
+  monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
   monkeypatch.delenv("XLA_FLAGS", raising=False)  # One CPU device.
   output = tmp_path / "sample.mp4"
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_FRAMES", str(FRAMES))
@@ -37,6 +64,10 @@ def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_OUTPUT", str(output))
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
+  # Which Python ran it, and whose bidigen (the test's own cell, last).
+  nb.cells.append(nbformat.v4.new_code_cell(
+      "import bidigen, json\nprint('kernel', json.dumps("
+      "[sys.version_info[:3], sys.prefix, bidigen.__file__]))"))
   client = nbclient.NotebookClient(
       nb, kernel_name="bidigen-test", timeout=900,
       resources={"metadata": {"path": str(tmp_path)}})
@@ -56,6 +87,9 @@ def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
   videos = [o for c in nb.cells for o in c.get("outputs", [])
             if "<video" in str(o.get("data", {}).get("text/html", ""))]
   assert len(videos) == 1
+
+  return next(json.loads(line.split(" ", 1)[1])
+              for line in printed.splitlines() if line.startswith("kernel ["))
 
 
 @pytest.mark.parametrize("where", ["checkout", "elsewhere"])
