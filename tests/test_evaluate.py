@@ -128,11 +128,21 @@ def test_colour_tracking_on_a_rendered_clip():
     assert not metrics.direction_correct(still, direction)
 
 
-def test_evaluate_end_to_end_on_tiny(tmp_path):
+def test_evaluate_refuses_a_workdir_report_it_did_not_write(tmp_path,
+                                                            tiny_config):
+  """Before any work: a report.md of the user's is never replaced."""
+  from bidigen import evaluate
+  (tmp_path / "report.md").write_text("my notes")
+  with pytest.raises(ValueError, match="report.md, which bidigen did not"):
+    evaluate.evaluate(tiny_config, str(tmp_path))
+  assert (tmp_path / "report.md").read_text() == "my notes"
+  assert sorted(os.listdir(tmp_path)) == ["report.md"]
+
+
+def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_config):
   from bidigen import train
-  from configs import synthetic as synthetic_config
   data_dir = str(tmp_path / "tfds")
-  config = synthetic_config.get_config("tiny")
+  config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
   wd = str(tmp_path / "run")
   train.train(config, wd)
@@ -158,13 +168,13 @@ def test_evaluate_end_to_end_on_tiny(tmp_path):
   model = tasks["bidirectional"]["model"]
   assert sorted(model["psnr_by_offset"], key=int) == [
       "-4", "-3", "-2", "-1", "1", "2", "3", "4"]
-  assert model["psnr_best"] >= model["psnr"]
   for key in ("ssim", "warp_error", "flow_epe", "seam_ratio",
               "direction_accuracy", "camera_accuracy", "classifier_frechet"):
     assert np.isfinite(model[key]), key
   # Copying F0 moves nothing: no object goes the prompted way.
   copy = tasks["bidirectional"]["copy_f0"]
   assert copy["direction_accuracy"] == 0.0 and copy["warp_error"] == 0.0
+  check_baselines_against_the_clips(tasks, config)
   assert sorted(tasks["rollout"]["model"]["psnr_by_offset"], key=int)[0] \
       == "-8"
   assert report["fvd"].startswith("not computed")
@@ -175,6 +185,44 @@ def test_evaluate_end_to_end_on_tiny(tmp_path):
   assert "bidirectional_clip000.png" in sheets and len(sheets) == 10
   sheet = np.asarray(Image.open(os.path.join(out, "sheets", sheets[0])))
   assert sheet.shape[0] > 2 * 32  # Ground truth above, generated below.
+
+
+def check_baselines_against_the_clips(tasks, config):
+  """The rows that need no model, recomputed here from the first test clips
+  with the metrics alone: copy-F0 (PSNR, SSIM, by offset), the ground
+  truth's warp error, and linear flow continuing the two known frames
+  nearest the unknown ones."""
+  from bidigen import data as data_lib
+  source = data_lib.get_builder(config.data).as_data_source(split="test")
+  video = np.stack([np.asarray(source[i]["video"]) for i in range(2)])
+  c = video.shape[1] // 2
+  f0 = video[:, c]
+  approx = lambda v: pytest.approx(v, rel=1e-6, abs=1e-9)
+  windows = {"bidirectional": (range(-4, 5), [0]),
+             "forward": (range(9), range(4)),
+             "backward": (range(-8, 1), range(-3, 1)),
+             "interpolation": (range(9), [0, 8]),
+             "rollout": (range(-8, 9), [0])}
+  for task, (offsets, known) in windows.items():
+    rows = tasks[task]
+    unknown = [o for o in offsets if o not in known]
+    by = {o: metrics.psnr(f0, video[:, c + o]).mean() for o in unknown}
+    copy = rows["copy_f0"]
+    assert copy["psnr_by_offset"] == {str(o): approx(v)
+                                      for o, v in by.items()}, task
+    assert copy["psnr"] == approx(np.mean(list(by.values()))), task
+    ssim = [metrics.ssim(f0, video[:, c + o]).mean() for o in unknown]
+    assert copy["ssim"] == approx(np.mean(ssim)), task
+    if task != "rollout":
+      truth = video[:, [c + o for o in offsets]]
+      assert rows["ground_truth"]["warp_error"] == approx(np.mean(
+          [metrics.warp_errors(x) for x in truth])), task
+  for task, prev, last, step in (("forward", 2, 3, 1),
+                                 ("backward", -2, -3, -1)):
+    p = [metrics.psnr(metrics.extrapolate(v[c + prev], v[c + last], 5),
+                      v[[c + last + k * step for k in range(1, 6)]])
+         for v in video]
+    assert tasks[task]["linear_flow"]["psnr"] == approx(np.mean(p)), task
 
 
 def test_lpips_from_a_local_weights_file(tmp_path):

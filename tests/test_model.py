@@ -8,6 +8,8 @@ import pytest
 from bidigen import diffusion
 from bidigen import models
 from bidigen.models import temporal
+from tests.test_diffusion import schedule
+from tests.test_diffusion import v_from_x0
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +93,41 @@ def test_training_masks_cover_the_sampling_tasks():
   assert (interp[:, [0, -1]] == 1).all() and (interp[:, 1:-1] == 0).all()
 
 
-def test_loss_ignores_known_frames():
-  """Changing the model's output on known frames leaves the loss unchanged."""
+def test_loss_noises_unknown_frames_and_targets_v():
+  """An apply_fn that outputs the true v of its noisy input (plus a known
+  error) pins the loss down in closed form: zero for the true v, c^2 for
+  an error c on the unknown frames, unchanged by any error on the known
+  ones. What it receives must be the noising the loss documents."""
   x0 = jax.random.normal(jax.random.key(0), (2, 9, 4, 4, 4))
   known = jnp.zeros((2, 9)).at[:, :3].set(1.0)
+  seen = {}
 
-  def apply_fn(bias, z, known, *_):
-    return jnp.zeros_like(z) + bias * known[..., None, None, None]
+  def apply_fn(errors, z, known, anchor, offsets, level, text, text_mask):
+    seen.update(z=z, level=level, anchor=anchor, offsets=offsets)
+    on_unknown, on_known = errors
+    k = known[..., None, None, None]
+    return (v_from_x0(z, x0, level) + on_unknown * (1 - k)
+            + on_known * k)
 
-  args = (jax.random.key(1), x0, known, x0[:, 0],
-          jnp.zeros((2, 9), jnp.int32), jnp.zeros((2, 1, 4)),
-          jnp.ones((2, 1)))
-  a = diffusion.diffusion_loss(apply_fn, 0.0, *args)[0]
-  b = diffusion.diffusion_loss(apply_fn, 100.0, *args)[0]
-  assert float(a) > 0
-  np.testing.assert_allclose(a, b)
+  offsets = jnp.tile(jnp.arange(9) - 4, (2, 1))
+  args = (jax.random.key(1), x0, known, x0[:, 4], offsets,
+          jnp.zeros((2, 1, 4)), jnp.ones((2, 1)))
+  loss = lambda *e: float(diffusion.diffusion_loss(apply_fn, e, *args)[0])
+  assert loss(0.0, 0.0) < 1e-8
+  np.testing.assert_allclose(loss(0.5, 0.0), 0.25, rtol=1e-4)
+  assert loss(0.0, 100.0) < 1e-8
+
+  z, level = np.asarray(seen["z"]), np.asarray(seen["level"])
+  np.testing.assert_array_equal(seen["anchor"], x0[:, 4])
+  np.testing.assert_array_equal(seen["offsets"], offsets)
+  kn = np.asarray(known) > 0
+  # Known frames clean at level 0; one level in (0, 1) per window.
+  np.testing.assert_array_equal(z[kn], np.asarray(x0)[kn])
+  assert (level[kn] == 0).all()
+  assert ((level[~kn] > 0) & (level[~kn] < 1)).all()
+  assert (level[:, 3:] == level[:, 3:4]).all()
+  assert level[0, 3] != level[1, 3]
+  # The unknown frames are x0 noised with standard normal noise.
+  a, s = schedule(level[:, 3:, None, None, None])
+  eps = (z[:, 3:] - a * np.asarray(x0)[:, 3:]) / s
+  assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1) < 0.1

@@ -1,6 +1,8 @@
-"""The expansion sampler: plan, scan == loop, determinism, devices, F0."""
+"""The expansion sampler: plan, scan == loop, determinism, devices, F0, and
+the whole expansion against an oracle model with a known answer."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from bidigen import checkpoints
 from bidigen import sample
 from bidigen import sharding
 from bidigen import train
+from tests.test_diffusion import v_from_x0
 
 
 @pytest.mark.parametrize("before,after,steps,side", [
@@ -64,11 +67,91 @@ def test_same_seed_same_frames_and_f0_is_the_input(setup):
   images = inputs[0]
   np.testing.assert_array_equal(
       a[:, 6], np.round((images + 1) * 127.5).astype(np.uint8))
-  other = (inputs[0], sample.sample_keys(1, 8)) + inputs[2:]
-  c = np.asarray(f(params, *other))
-  assert np.abs(a.astype(int) - c).mean() > 1, "another seed, other frames"
-  # Generated frames are not copies of F0.
-  assert np.abs(a[:, 0].astype(int) - a[:, 6]).mean() > 1
+
+
+def test_noise_follows_each_sample_key(setup):
+  """Eight copies of one image and prompt differ only by their keys: the
+  rows must differ, and permuting the keys must permute the rows (noise
+  drawn by batch position, or one key for all, would break this)."""
+  mesh, params, inputs, kw = setup
+  image, *text = (np.repeat(x[:1], 8, 0) for x in (inputs[0],) + inputs[2:])
+  keys = sample.sample_keys(0, 8)
+  perm = np.array([3, 0, 7, 1, 6, 2, 5, 4])
+  f = sample.make_sampler(mesh, batch=8, **kw)
+  a = np.asarray(f(params, image, keys, *text), int)
+  b = np.asarray(f(params, image, keys[perm], *text), int)
+  assert np.abs(a[0] - a[1]).mean() > 1, "another key, other frames"
+  assert np.abs(b - a[perm]).max() <= 1
+
+
+class IdentityVAE:
+  """Latents are the pixels: what the sampler writes is what comes out."""
+
+  def encode(self, x):
+    return x, jnp.zeros_like(x)
+
+  def decode(self, z):
+    return z
+
+  def apply(self, params, x, method):
+    del params
+    return method(x)
+
+
+class LinearMotionUNet:
+  """An oracle whose clip is a straight line in latent space: frame o is
+  base + o * delta, with base the mean of the anchor and of what the known
+  frames say (z_k - o_k delta). It outputs the true v for that clip, so any
+  error in the offsets, the context read from the frame buffer, where the
+  windows are written, the anchor or the latent scale shows in the frames.
+  """
+
+  def apply(self, params, z, known, anchor, offsets, level, text,
+            text_mask):
+    del text, text_mask
+    delta = params["delta"]
+    k = known[..., None, None, None]
+    o = offsets.astype(jnp.float32)[..., None, None, None]
+    base = jnp.sum(k * (z - o * delta), 1) / jnp.sum(k, 1)
+    x0 = 0.5 * (base + anchor)[:, None] + o * delta
+    return v_from_x0(z, x0, level)
+
+
+@pytest.mark.parametrize("before,after,use_scan", [(6, 14, True),
+                                                    (9, 2, False)])
+def test_expansion_continues_a_known_clip(before, after, use_scan,
+                                          tiny_config):
+  """With the oracle above, the whole expansion (first window around F0,
+  then forward and backward windows) must reproduce F0 + o * delta / scale
+  at every offset o, exactly up to uint8 rounding. Each case asks for the
+  last frame of the buffer on one side (14 = 4 + 2 * 5, 9 = 4 + 5), so a
+  window that falls one frame short leaves a blank there."""
+  mesh = sharding.make_mesh(tiny_config.mesh.axes)
+  rng = np.random.default_rng(0)
+  b, scale = 8, 2.0
+  images = rng.uniform(-0.4, 0.4, (b, 8, 8, 3)).astype(np.float32)
+  delta = (rng.uniform(0.04, 0.08, (8, 8, 3))
+           * rng.choice([-1, 1], (8, 8, 3))).astype(np.float32)
+  params = {"vae": {}, "unet": {"delta": delta},
+            "latent_scale": np.float32(scale)}
+  text = np.zeros((b, 2, 4), np.float32)
+  mask = np.ones((b, 2), np.float32)
+  kw = dict(window=9, context=4, frames_before=before, frames_after=after,
+            steps=2, guidance=2.0)
+  if use_scan:
+    f = sample.make_sampler(mesh, vae=IdentityVAE(), unet=LinearMotionUNet(),
+                            batch=b, **kw)
+  else:
+    f = jax.jit(lambda *a: sample.expand(
+        *a, vae=IdentityVAE(), unet=LinearMotionUNet(), use_scan=False, **kw))
+  out = np.asarray(f(params, images, sample.sample_keys(0, b), text, mask,
+                     text, mask), int)
+  offsets = np.arange(-before, after + 1)[:, None, None, None]
+  clip = images[:, None] + offsets * delta / scale
+  assert np.abs(clip).max() < 1  # Nothing hidden by clipping to [-1, 1].
+  want = np.round((clip + 1) * 127.5)
+  assert out.shape == want.shape
+  assert np.abs(out - want).max() <= 1
 
 
 def test_eight_devices_give_the_frames_of_one(setup):

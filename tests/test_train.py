@@ -46,10 +46,13 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
       0, 255, (48, 64, 3), dtype=np.uint8))
   video = str(tmp_path / "out.mp4")
   proc = run_main("--mode=sample", f"--image={image}",
-                  "--prompt=a red ball moves to the left",
+                  "--prompt=a red ball moves to the left" + " and on" * 30,
                   "--frames_before=4", "--frames_after=4", "--seed=3",
                   f"--output={video}", f"--checkpoint={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # 7 words + 60 + [CLS] [SEP] = 69 tokens; the tiny config reads 32.
+  assert ("bidigen: warning: the prompt is 69 tokens long; the text encoder "
+          "reads only the first 32") in proc.stderr
   assert iio.imread(video).shape == (9, 32, 32, 3)
 
   folder = str(tmp_path / "frames")
@@ -104,21 +107,48 @@ def test_resume_continues_exactly(tmp_path, straight_run):
                              [r["loss"] for r in straight[3:]], rtol=1e-5)
 
 
-def test_steps_compile_once(tiny_config):
-  mesh = sharding.make_mesh(tiny_config.mesh.axes)
-  trainer = train.Trainer(tiny_config, mesh, text_dim=16)
+def test_training_learns_one_batch_compiling_each_step_once(tiny_config):
+  """Overfitting one fixed batch (same clips, windows and noise at every
+  step) must bring both phases' losses down by a clear margin, and the EMA
+  must follow the UNet's params by its documented decay; each step function
+  compiles once."""
+  config = tiny_config.copy_and_resolve_references()
+  config.train.update(dict(num_steps=22, vae_steps=6, warmup_steps=1,
+                           learning_rate=1e-2, vae_learning_rate=5e-3))
+  mesh = sharding.make_mesh(config.mesh.axes)
+  trainer = train.Trainer(config, mesh, text_dim=16)
   state = trainer.init(jax.random.key(0))
+  ema0 = jax.device_get(state.ema)
   rng = np.random.default_rng(0)
-  for step in range(5):
-    batch = sharding.global_batch(mesh, {
-        "video": rng.integers(0, 255, (8, 17, 32, 32, 3), dtype=np.uint8),
-        "text": rng.normal(size=(8, 24, 16)).astype(np.float32),
-        "text_mask": np.ones((8, 24), np.float32)})
-    state, _ = trainer.step(state, batch, jax.random.key(step), step)
-  assert int(state.step) == 5
+  blocks = np.kron(rng.uniform(0, 255, (8, 4, 4, 3)), np.ones((1, 8, 8, 1)))
+  video = np.stack([np.roll(blocks, t, axis=2) for t in range(17)], 1)
+  batch = sharding.global_batch(mesh, {
+      "video": video.astype(np.uint8),
+      "text": rng.normal(size=(8, 32, 16)).astype(np.float32),
+      "text_mask": np.ones((8, 32), np.float32)})
+  losses = []
+  for step in range(22):
+    before = jax.device_get((state.step, state.ema))
+    state, metrics = trainer.step(state, batch, jax.random.key(1), step)
+    losses.append(float(metrics["loss"]))
+  vae, diff = losses[:6], losses[6:]
+  assert vae[-1] < 0.8 * vae[0], vae
+  assert diff[-1] < 0.7 * diff[0], diff
+  assert int(state.step) == 22
   assert trainer.vae_step._cache_size() == 1
   assert trainer.diffusion_step._cache_size() == 1
   assert float(state.latent_scale) > 0
+
+  # The last step's EMA update, exactly; and over the run the EMA has moved
+  # from the initial weights most of the way to the trained ones.
+  n = int(before[0]) + 1
+  decay = min(config.train.ema_decay, (1 + n) / (10 + n))
+  params, ema = jax.device_get((state.params["unet"], state.ema))
+  for e, prev, p in zip(*map(jax.tree.leaves, (ema, before[1], params))):
+    np.testing.assert_allclose(e, decay * prev + (1 - decay) * p, atol=1e-6)
+  dist = lambda a, b: np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b))))
+  assert dist(ema, params) < 0.5 * dist(ema0, params)
 
 
 def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
