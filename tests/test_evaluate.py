@@ -128,11 +128,10 @@ def test_colour_tracking_on_a_rendered_clip():
     assert not metrics.direction_correct(still, direction)
 
 
-def test_evaluate_end_to_end_on_tiny(tmp_path):
+def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_config):
   from bidigen import train
-  from configs import synthetic as synthetic_config
-  data_dir = str(tmp_path / "tfds")
-  config = synthetic_config.get_config("tiny")
+  data_dir = tiny_data
+  config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
   wd = str(tmp_path / "run")
   train.train(config, wd)

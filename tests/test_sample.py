@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bidigen import checkpoints
+from bidigen import models
 from bidigen import sample
 from bidigen import sharding
 from bidigen import train
@@ -24,22 +24,27 @@ def setup(tiny_config):
   """A tiny model with random (but non-trivial) weights: the sampler's
   plumbing does not need a trained one."""
   mesh = sharding.make_mesh(tiny_config.mesh.axes)
-  trainer = train.Trainer(tiny_config, mesh, text_dim=16)
-  state = trainer.init(jax.random.key(0))
-  params = checkpoints.sampling_params(state)
-  leaves, tree = jax.tree.flatten(params["unet"])
+  config = tiny_config.copy_and_resolve_references()
+  config.model.latent_mean = [0.1] * 32
+  config.model.latent_std = [0.9] * 32
+  unet = models.build(config.model)
+  state = jax.jit(lambda k: train.init_state(
+      k, unet=unet, tx=train.make_optimizer(config.train),
+      latent_shape=(8, 8, 32), window=9, text_shape=(24, 16)))(
+          jax.random.key(0))
+  leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, state.ema))
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params["unet"] = jax.tree.unflatten(tree, [
-      l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-  params["latent_scale"] = np.float32(1.0)
+  params = sample.model_params(jax.tree.unflatten(tree, [
+      l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]),
+      config.model)
   rng = np.random.default_rng(0)
   b = 8
-  inputs = (rng.uniform(-1, 1, (b, 32, 32, 3)).astype(np.float32),
+  inputs = (rng.uniform(-1, 1, (b, 64, 64, 3)).astype(np.float32),
             sample.sample_keys(0, b),
             rng.normal(size=(b, 24, 16)).astype(np.float32),
             np.ones((b, 24), np.float32),
             np.zeros((b, 24, 16), np.float32), np.ones((b, 24), np.float32))
-  kw = dict(vae=trainer.vae, unet=trainer.unet, window=9, context=4,
+  kw = dict(unet=unet, window=9, context=4,
             frames_before=6, frames_after=10, steps=2, guidance=2.0)
   return mesh, params, inputs, kw
 
@@ -50,7 +55,7 @@ def test_scan_sampler_matches_loop_reference(setup):
   loop = jax.jit(lambda p, *a: sample.expand(p, *a, use_scan=False, **kw))(
       params, *inputs)
   scan, loop = np.asarray(scan, int), np.asarray(loop, int)
-  assert scan.shape == (8, 17, 32, 32, 3)
+  assert scan.shape == (8, 17, 64, 64, 3)
   assert np.abs(scan - loop).max() <= 1
   assert (scan == loop).mean() > 0.999
 
