@@ -62,7 +62,7 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   names = sorted(os.listdir(folder))
   expected = [f"frame_{o:+04d}.png" for o in range(-2, 7)]
-  assert names == sorted(expected + ["contact_sheet.png"])
+  assert names == sorted(expected + ["contact_sheet.png", ".bidigen.json"])
   assert "frame_-002.png" in names and "frame_+006.png" in names
 
   exported = str(tmp_path / "model")
