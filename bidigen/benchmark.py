@@ -2,8 +2,11 @@
 
   python -m bidigen.benchmark [--config=configs/synthetic.py] [--repeats=5]
 
-Prints: peak float32 matmul GFLOP/s (jitted 2048x2048 a @ b), the diffusion
-train step (s/step, steps/s, XLA's FLOP count and the fraction of peak), and
+Prints: peak float32 matmul GFLOP/s (jitted 2048x2048 a @ b); TAEF2's
+encoder and decoder in ms per frame at 128 and 256 px; the train step from
+cached latents (s/step, steps/s, XLA's FLOP count and the fraction of peak)
+next to the old step that ran the encoder inside it (the same UNet step
+after TAEF2 encodes the clip's pixels), both timed here in the same run; and
 sampling with the embedded model for 9 and 33 frames (first call with
 compilation, then steady state).
 """
@@ -52,32 +55,67 @@ def peak_matmul(repeats) -> float:
   return 2 * 2048**3 / timed(lambda: f(a, a), repeats) / 1e9
 
 
+def autoencoder(repeats, batch: int = 8):
+  """TAEF2 encode and decode, ms per frame, at 128 and 256 px."""
+  from bidigen.models import taef2
+  params = taef2.load()
+  enc, dec = jax.jit(taef2.encode), jax.jit(taef2.decode)
+  rng = np.random.default_rng(0)
+  for r in (128, 256):
+    x = jnp.asarray(rng.random((batch, r, r, 3), np.float32))
+    z = enc(params, x)
+    e = timed(lambda: enc(params, x), repeats) / batch * 1e3
+    d = timed(lambda: dec(params, z), repeats) / batch * 1e3
+    print(f"TAEF2 at {r}px (batch {batch}): encode {e:.1f} ms/frame, "
+          f"decode {d:.1f} ms/frame")
+
+
 def train_step(config, repeats, peak):
-  from bidigen import sharding, train
+  """The step from cached latents, and the old step with the encoder in
+  it, on the same synthetic batch."""
+  from bidigen import models, sharding, train
+  from bidigen.models import taef2
+  config = config.copy_and_resolve_references()
+  config.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
+  config.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
   mesh = sharding.make_mesh(config.mesh.axes)
   trainer = train.Trainer(config, mesh, text_dim=384)
-  state = trainer.init(jax.random.key(0))
-  b, r = config.train.batch_size, config.data.resolution
+  b, r, t = config.train.batch_size, config.data.resolution, config.data.num_frames
+  length = config.model.text.max_length
   rng = np.random.default_rng(0)
-  batch = sharding.global_batch(mesh, {
-      "video": rng.integers(0, 255, (b, config.data.num_frames, r, r, 3),
-                            dtype=np.uint8),
-      "text": rng.normal(size=(b, config.model.text.max_length, 384)).astype(
-          np.float32),
-      "text_mask": np.ones((b, config.model.text.max_length), np.float32)})
-  state = trainer.latent_scale_step(state, batch)
-  key = jax.random.key(1)
-  n_flops = flops(trainer.diffusion_step, state, batch, key)
-  holder = {"state": state}
+  text = {"text": rng.normal(size=(b, length, 384)).astype(np.float32),
+          "text_mask": np.ones((b, length), np.float32)}
+  video = rng.integers(0, 255, (b, t, r, r, 3), dtype=np.uint8)
+  ae = taef2.load()
+  cached = sharding.global_batch(mesh, dict(text, latents=np.asarray(
+      jax.jit(taef2.encode)(ae, video.astype(np.float32) / 255))))
+  pixels = sharding.global_batch(mesh, dict(text, video=video))
 
-  def step():
-    holder["state"], m = trainer.diffusion_step(holder["state"], batch, key)
-    return m
-  sec = timed(step, repeats)
-  print(f"diffusion train step (batch {b}, {r}px, window "
-        f"{config.model.window}): {sec:.3f} s/step = {1 / sec:.2f} steps/s; "
-        f"{n_flops / 1e9:.1f} GFLOP/step -> {n_flops / sec / 1e9:.1f} GFLOP/s"
-        f" = {100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak")
+  def old_step(state, batch, rng):  # What the step did before the cache.
+    lat = taef2.encode(ae, batch["video"].astype(jnp.float32) / 255)
+    return trainer.step_fn(state, dict(batch, latents=lat), rng)
+  old = jax.jit(old_step, donate_argnums=0)
+  key = jax.random.key(1)
+  holder = {"state": trainer.init(jax.random.key(0))}
+  n_flops = flops(trainer.step, holder["state"], cached, key)
+  lat = models.latent_shape(r)
+  results = {}
+  for name, fn, batch in (("from cached latents", trainer.step, cached),
+                          ("old, encoder in the step", old, pixels)):
+    def step():
+      holder["state"], m = fn(holder["state"], batch, key)
+      return m
+    results[name] = timed(step, repeats)
+  sec = results["from cached latents"]
+  print(f"train step from cached latents (batch {b}, {r}px -> latents "
+        f"{lat}, window {config.model.window}): {sec:.3f} s/step = "
+        f"{1 / sec:.2f} steps/s; {n_flops / 1e9:.1f} GFLOP/step -> "
+        f"{n_flops / sec / 1e9:.1f} GFLOP/s = "
+        f"{100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak")
+  old_sec = results["old, encoder in the step"]
+  print(f"old train step, TAEF2 encoding the {t}-frame clips inside it: "
+        f"{old_sec:.3f} s/step = {1 / old_sec:.2f} steps/s "
+        f"(the cache makes a step {old_sec / sec:.1f}x faster)")
 
 
 def sampling(checkpoint, repeats):
@@ -105,6 +143,7 @@ def main(argv):
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
   peak = peak_matmul(FLAGS.repeats)
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")
+  autoencoder(FLAGS.repeats)
   train_step(FLAGS.config, FLAGS.repeats, peak)
   sampling(FLAGS.checkpoint, FLAGS.repeats)
 

@@ -3,8 +3,9 @@
 A training workdir holds ``checkpoints/`` (an orbax CheckpointManager whose
 items are the train state, the grain iterator and the config as JSON). An
 exported model (what ships in ``bidigen/assets/default_model``) holds only
-what sampling needs: autoencoder params, EMA UNet params, the latent scale,
-and ``config.json``. Orbax writes to a temporary folder and renames, so an
+what sampling needs: the EMA UNet params, and ``config.json`` (which holds
+the latent mean/std the UNet's latents are normalised by). The autoencoder
+is TAEF2, frozen, and ships once in ``bidigen/assets/taef2``. Orbax writes to a temporary folder and renames, so an
 interrupted save never leaves a half-written checkpoint behind.
 """
 
@@ -16,8 +17,6 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-
-from bidigen import media
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets",
                              "default_model")
@@ -33,15 +32,43 @@ def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 def sampling_params(state) -> dict:
   """What sampling needs from a train state, as plain arrays."""
-  return {"vae": nn.unbox(state.params["vae"]),
-          "unet": nn.unbox(state.ema),
-          "latent_scale": state.latent_scale}
+  return {"unet": nn.unbox(state.ema)}
+
+
+def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
+  """The per-channel mean and std latents are normalised with, which the
+  encode step measured on the training data and training saved in the
+  model's config."""
+  mean = model_config.get("latent_mean")
+  std = model_config.get("latent_std")
+  if mean is None or std is None:
+    raise ValueError("the config has no latent statistics "
+                     "(config.model.latent_mean/latent_std): training sets "
+                     "them from the encoded latents")
+  return (np.asarray(mean, np.float32), np.asarray(std, np.float32))
+
+
+def restore_for_sampling(workdir: str):
+  """(config, sampling params) from the latest checkpoint of a workdir.
+
+  Reads the state as saved, with no trainer, optimizer or text encoder to
+  rebuild its structure, and keeps only the EMA weights.
+  """
+  mngr = manager(workdir)
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+  config = ml_collections.ConfigDict(restored["config"])
+  return config, {"unet": jax.tree.map(np.asarray, restored["state"]["ema"])}
 
 
 def export_model(params: dict, config: ml_collections.ConfigDict,
                  path: str, *, overwrite: bool = False) -> None:
   """Writes a sampling model to ``path`` atomically (temp folder + rename);
   an earlier export there is replaced only with ``overwrite``."""
+  from bidigen import media  # pylint: disable=import-outside-toplevel
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with media.output_folder(path, overwrite=overwrite) as tmp:
@@ -69,8 +96,7 @@ def load_model(path: str | None = None) -> tuple[ml_collections.ConfigDict,
   if not os.path.isdir(path):
     raise FileNotFoundError(f"checkpoint not found: {path}")
   if os.path.isdir(os.path.join(path, "checkpoints")):
-    from bidigen import train  # The train state lives there.
-    return train.restore_for_sampling(path)
+    return restore_for_sampling(path)
   if not os.path.exists(os.path.join(path, "config.json")):
     raise FileNotFoundError(
         f"{path} is neither an exported model (config.json + params/) nor a "

@@ -48,22 +48,18 @@ def window_tasks(window: int, context: int) -> dict:
   }
 
 
-def complete(params, frames, keys, text, text_mask, null, null_mask, *, vae,
+def complete(params, frames, keys, text, text_mask, null, null_mask, *,
              unet, offsets, known, steps, guidance):
   """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1])."""
   b, w = frames.shape[:2]
-  scale = params["latent_scale"]
-  lat = vae.apply(params["vae"], frames.reshape((b * w,) + frames.shape[2:]),
-                  method=vae.encode)[0] * scale
-  lat = lat.reshape((b, w) + lat.shape[1:])
+  lat = sample.to_latents(params, frames)
   offs = jnp.broadcast_to(jnp.asarray(offsets), (b, w))
   kn = jnp.broadcast_to(jnp.asarray(known, jnp.float32), (b, w))
   out = diffusion.denoise_window(
       unet.apply, params["unet"], sample.frame_noise(keys, offs, lat.shape[2:]),
       lat, kn, lat[:, offsets.index(0)], offs, text, text_mask, null,
       null_mask, steps=steps, guidance=guidance)
-  dec = vae.apply(params["vae"], (out / scale).reshape((b * w,) + lat.shape[2:]),
-                  method=vae.decode).reshape(frames.shape)
+  dec = sample.to_frames(params, out)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
@@ -112,7 +108,7 @@ class Evaluator:
     if key not in self._fns:
       mask = [float(o in known) for o in offsets]
       self._fns[key] = jax.jit(functools.partial(
-          complete, vae=self.gen.vae, unet=self.gen.unet, offsets=offsets,
+          complete, unet=self.gen.unet, offsets=offsets,
           known=mask, steps=self.steps, guidance=self.guidance))
     return self._fns[key]
 

@@ -1,5 +1,6 @@
 """bidigen's entry point: flags in, one mode out.
 
+  python -m bidigen.main --config=configs/synthetic.py --mode=encode
   python -m bidigen.main --config=configs/synthetic.py --mode=train \
       --workdir=workdirs/synthetic
   python -m bidigen.main --config=configs/synthetic.py --mode=sample \
@@ -24,7 +25,8 @@ from ml_collections import config_flags  # noqa: E402
 # Each mode is a function of this name below; the flags it requires.
 MODES = {"train": ("config", "workdir"), "evaluate": ("config", "workdir"),
          "sample": (),
-         "prepare": ("config",), "export": ("workdir", "output")}
+         "prepare": ("config",), "encode": ("config",),
+         "export": ("workdir", "output")}
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py[:tiny]; override "
@@ -44,7 +46,7 @@ flags.DEFINE_string("output", None, "sample: .mp4/.gif video, or a folder "
                     "the exported model folder.")
 flags.DEFINE_bool("overwrite", False, "sample/export: replace an --output "
                   "that bidigen wrote before (a folder holding anything "
-                  "else is never replaced).")
+                  "else is never replaced); encode: encode again.")
 flags.DEFINE_string("checkpoint", None, "sample/evaluate: a training "
                     "workdir or an exported model; default: the embedded "
                     "model.")
@@ -73,7 +75,7 @@ def run(argv) -> None:
   sharding.initialize_distributed(FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   modes = {"train": train, "evaluate": evaluate, "sample": sample,
-           "prepare": prepare, "export": export}
+           "prepare": prepare, "encode": encode, "export": export}
   modes[FLAGS.mode](FLAGS.config)
 
 
@@ -106,11 +108,16 @@ def prepare(config) -> None:
   print(f"prepared {builder.info.full_name} in {builder.data_dir}")
 
 
+def encode(config) -> None:
+  from bidigen import latents
+  latents.encode(config, overwrite=FLAGS.overwrite)
+
+
 def export(config) -> None:
   del config  # The checkpoint's own.
-  from bidigen import checkpoints, media, train as train_lib
+  from bidigen import checkpoints, media
   media.check_folder(FLAGS.output, overwrite=FLAGS.overwrite)
-  cfg, params = train_lib.restore_for_sampling(FLAGS.workdir)
+  cfg, params = checkpoints.restore_for_sampling(FLAGS.workdir)
   checkpoints.export_model(params, cfg, FLAGS.output,
                            overwrite=FLAGS.overwrite)
   print(f"exported {FLAGS.workdir} to {FLAGS.output}")

@@ -5,6 +5,8 @@ denoises a forward window (its first ``context`` frames already known) and a
 backward window (its last ``context`` frames known) as one batch, and writes
 both into a frame buffer; a ``lax.scan`` runs the steps, with the DDIM loop
 scanned inside. F0's latent conditions every window as a global anchor.
+Frames go to and from TAEF2's latent space (frozen, pretrained), normalised
+per channel by the statistics saved with the model.
 Noise is drawn per sample key and frame offset, so the same seed gives the
 same frames however the batch is split over devices.
 """
@@ -17,6 +19,7 @@ import numpy as np
 
 from bidigen import diffusion
 from bidigen import sharding
+from bidigen.models import taef2
 
 # fold_in takes unsigned data; offsets are shifted to stay non-negative.
 _OFFSET_BASE = 1 << 20
@@ -39,6 +42,28 @@ def plan(frames_before: int, frames_after: int, window: int, context: int):
   return half, new, steps, half + steps * new
 
 
+def to_latents(params, images):
+  """Frames [..., R, R, 3] in [-1, 1] -> normalised latents, as trained."""
+  z = taef2.encode(params["autoencoder"], (images + 1.0) / 2.0)
+  return (z.astype(jnp.float32) - params["latent_mean"]) / params["latent_std"]
+
+
+def to_frames(params, latents):
+  """Normalised latents -> frames in [-1, 1]."""
+  z = latents * params["latent_std"] + params["latent_mean"]
+  return taef2.decode(params["autoencoder"], z).astype(jnp.float32) * 2 - 1
+
+
+def model_params(unet_params: dict, model_config, autoencoder=None) -> dict:
+  """What ``expand`` takes: the UNet's weights, TAEF2's, and the latent
+  statistics from the model's config."""
+  from bidigen import checkpoints  # pylint: disable=import-outside-toplevel
+  mean, std = checkpoints.latent_stats(model_config)
+  return {"unet": unet_params,
+          "autoencoder": taef2.load() if autoencoder is None else autoencoder,
+          "latent_mean": mean, "latent_std": std}
+
+
 def frame_noise(keys, offsets, shape):
   """Standard normal noise for each (sample key, frame offset)."""
   one = lambda k, o: jax.random.normal(
@@ -47,7 +72,7 @@ def frame_noise(keys, offsets, shape):
 
 
 def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
-           vae, unet, window: int, context: int, frames_before: int,
+           unet, window: int, context: int, frames_before: int,
            frames_after: int, steps: int, guidance: float,
            use_scan: bool = True):
   """Generates frames F-N..F+M around each image.
@@ -57,14 +82,30 @@ def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
   prompt's, for guidance. Returns uint8 frames [B, N + 1 + M, H, W, 3] whose
   F0 is the input image itself.
   """
-  b = images.shape[0]
-  scale = params["latent_scale"]
-  anchor = vae.apply(params["vae"], images, method=vae.encode)[0] * scale
+  lats = expand_latents(
+      params["unet"], to_latents(params, images), keys, text, text_mask,
+      null_text, null_mask, unet=unet, window=window, context=context,
+      frames_before=frames_before, frames_after=frames_after, steps=steps,
+      guidance=guidance, use_scan=use_scan)
+  frames = to_frames(params, lats)
+  frames = frames.at[:, frames_before].set(images)
+  return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
+def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
+                   null_mask, *, unet, window: int, context: int,
+                   frames_before: int, frames_after: int, steps: int,
+                   guidance: float, use_scan: bool = True):
+  """The expansion itself, in normalised latent space: anchor [B, h, w, c]
+  is F0's latent; returns latents [B, N + 1 + M, h, w, c]. Kept apart from
+  the autoencoder so that it can be checked against a model whose answer
+  is known."""
+  b = anchor.shape[0]
   lat = anchor.shape[1:]
   half, new, n_steps, side = plan(frames_before, frames_after, window,
                                   context)
   denoise = functools.partial(
-      diffusion.denoise_window, unet.apply, params["unet"], steps=steps,
+      diffusion.denoise_window, unet.apply, unet_params, steps=steps,
       guidance=guidance, use_scan=use_scan)
   idx = jnp.arange(window)
 
@@ -105,22 +146,16 @@ def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
   else:
     for s in range(n_steps):
       buffer, _ = step(buffer, s)
-
-  total = frames_before + 1 + frames_after
-  lats = buffer[:, side - frames_before:side + frames_after + 1] / scale
-  frames = vae.apply(params["vae"], lats.reshape((b * total,) + lat),
-                     method=vae.decode).reshape((b, total) + images.shape[1:])
-  frames = frames.at[:, frames_before].set(images)
-  return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+  return buffer[:, side - frames_before:side + frames_after + 1]
 
 
-def make_sampler(mesh, *, vae, unet, batch: int, **kwargs):
+def make_sampler(mesh, *, unet, batch: int, **kwargs):
   """``expand`` jitted once: samples split over the mesh when they divide
   evenly, parameters replicated."""
   rep = sharding.replicated(mesh)
   data = (sharding.batch_sharding(mesh) if batch % mesh.devices.size == 0
           else rep)
-  fn = functools.partial(expand, vae=vae, unet=unet, **kwargs)
+  fn = functools.partial(expand, unet=unet, **kwargs)
   return jax.jit(fn, in_shardings=(rep, data, data, data, data, data, data),
                  out_shardings=data)
 
@@ -155,15 +190,17 @@ def check_settings(frames_before: int, frames_after: int,
 class Generator:
   """A loaded model, ready to sample: what the CLI, GUI and Colab share.
 
-  Loads weights and the text encoder once; each distinct (frames, steps,
-  guidance, batch) setting compiles once and is reused.
+  Loads the weights and the text encoder once, builds no trainer or
+  optimizer; each distinct (frames, steps, guidance, batch) setting compiles
+  once and is reused.
   """
 
   def __init__(self, checkpoint: str | None = None, mesh=None):
     from bidigen import checkpoints, models, text
-    self.config, self.params = checkpoints.load_model(checkpoint)
+    self.config, loaded = checkpoints.load_model(checkpoint)
+    self.params = model_params(loaded["unet"], self.config.model)
     self.mesh = mesh or sharding.make_mesh([("data", -1)])
-    self.vae, self.unet = models.build(self.config.model)
+    self.unet = models.build(self.config.model)
     self.resolution = self.config.data.resolution
     mt = self.config.model.text
     self.encoder = text.load_text_encoder(mt.kind, mt.path, mt.max_length)
@@ -190,7 +227,7 @@ class Generator:
     key = (frames_before, frames_after, steps, float(guidance), b)
     if key not in self._compiled:
       self._compiled[key] = make_sampler(
-          self.mesh, vae=self.vae, unet=self.unet, batch=b,
+          self.mesh, unet=self.unet, batch=b,
           window=self.config.model.window,
           context=self.config.model.context_frames,
           frames_before=frames_before, frames_after=frames_after,

@@ -1,12 +1,18 @@
 """The embedded default model's recipe: procedural captioned clips.
 
-Train (this is how bidigen/assets/default_model was made):
+Encode the clips once (TAEF2 latents and caption embeddings), train on
+them, export (this is how bidigen/assets/default_model was made, on 2 CPU
+cores from the first 200 clips and stopped at step 244; the README gives its
+exact flags):
+  python -m bidigen.main --config=configs/synthetic.py --mode=encode
   python -m bidigen.main --config=configs/synthetic.py --mode=train \
       --workdir=workdirs/synthetic
   python -m bidigen.main --config=configs/synthetic.py --mode=export \
       --workdir=workdirs/synthetic --output=bidigen/assets/default_model \
       --overwrite
-Tests and CI use the ``:tiny`` variant (32px clips, a small model, 6 steps):
+Tests and CI use the ``:tiny`` variant (64px clips, 8x8x32 latents, a small
+model, 6 steps):
+  python -m bidigen.main --config=configs/synthetic.py:tiny --mode=encode
   python -m bidigen.main --config=configs/synthetic.py:tiny --mode=train \
       --workdir=/tmp/tiny
 """
@@ -27,18 +33,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="bidigen_synthetic",
       builder_config="tiny" if tiny else "default",
       data_dir="~/tensorflow_datasets",
-      resolution=32 if tiny else 64,
+      resolution=64 if tiny else 128,  # TAEF2: 8x8x32 / 16x16x32 latents.
       num_frames=17,
       manual_dir="",
+      # --mode=encode writes the latents here; empty: a folder named for
+      # the dataset under data_dir (bidigen.latents.cache_dir).
+      latents_dir="",
+      encode_clips=0,  # Encode only the first N training clips (0: all).
   )
 
   c.model = ml_collections.ConfigDict()
   c.model.window = 9          # Frames the UNet sees at once (F-4..F+4).
   c.model.context_frames = 4  # Known frames carried into each expansion.
-  c.model.vae = dict(channels=(16, 32, 32) if tiny else (32, 64, 64),
-                     latent_dim=4)
   c.model.unet = dict(
-      channels=16 if tiny else 64,
+      channels=32 if tiny else 64,  # At least the latent's 32 channels.
       channel_mult=(1, 2, 2),
       attention_levels=(False, True, True),
       num_heads=2 if tiny else 4,
@@ -47,19 +55,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 32 tokens hold every synthetic caption (24 cut a quarter of them).
   c.model.text = dict(kind="minilm", path=None, max_length=32)
   c.model.text.path = ml_collections.config_dict.placeholder(str)
+  # The latents' per-channel mean and std (32 values each): set by training
+  # from the encoded data and saved with the model.
+  c.model.latent_mean = None
+  c.model.latent_std = None
 
   c.train = dict(
       num_steps=6 if tiny else 6000,
-      vae_steps=2 if tiny else 1000,
       batch_size=8,
       learning_rate=3e-4,
-      vae_learning_rate=1e-3,
       warmup_steps=2 if tiny else 300,
       weight_decay=0.01,
       grad_clip=1.0,
       ema_decay=0.999,
-      kl_weight=1e-4,
-      vae_frames_per_clip=2 if tiny else 4,
       text_dropout=0.1,
       # How often each masking task is drawn: f0_only (only F0 known, the
       # task that learns motion from text), forward, backward, interpolation.
@@ -73,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       log_every=1 if tiny else 50,
       checkpoint_every=3 if tiny else 250,
       keep_checkpoints=3,
-      # An exported model to start from (skips the autoencoder phase).
+      # An exported model to start from (fresh optimizer, step 0).
       init_from="",
   )
 

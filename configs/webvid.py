@@ -1,8 +1,11 @@
 """The full recipe for real video: WebVid-10M clips at 256px.
 
 Prepare the data once (the CSV of ids/captions and the downloaded videos go in
---config.data.manual_dir), then train on a TPU slice or GPU cluster:
+--config.data.manual_dir), encode it once to TAEF2 latents (any machine with
+the full install; an accelerator makes it fast), then train on a TPU slice or
+GPU cluster (training needs no TensorFlow):
   python -m bidigen.main --config=configs/webvid.py --mode=prepare
+  python -m bidigen.main --config=configs/webvid.py --mode=encode
 Your own clips instead (a folder of videos and a captions.csv of path,caption):
   python -m bidigen.main --config=configs/webvid.py \
       --config.data.name=video_folder --config.data.manual_dir=DIR \
@@ -46,19 +49,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       fps=8,           # Videos are resampled to this rate.
       clips_per_video=4,  # Non-overlapping clips taken from one video.
       test_fraction=0.005,  # Of the videos, by a hash of their id.
+      latents_dir="",  # Empty: under data_dir (bidigen.latents.cache_dir).
+      encode_clips=0,
   )
   c.model.window = 17
   c.model.context_frames = 8
-  c.model.vae = dict(channels=(128, 256, 512, 512), latent_dim=4)  # 32x32.
+  # TAEF2 latents at 256px: 32x32x32.
   c.model.unet = dict(channels=256, channel_mult=(1, 2, 4),
                       attention_levels=(False, True, True), num_heads=8,
                       max_offset=32)
   c.model.text = dict(kind="minilm", path=None, max_length=32)
   c.model.text.path = ml_collections.config_dict.placeholder(str)
   c.train.update(
-      num_steps=300_000, vae_steps=50_000, batch_size=256,
-      learning_rate=1e-4, vae_learning_rate=2e-4, warmup_steps=5_000,
-      ema_decay=0.9999, vae_frames_per_clip=2, log_every=100,
+      num_steps=250_000, batch_size=256, learning_rate=1e-4,
+      warmup_steps=5_000, ema_decay=0.9999, log_every=100,
       checkpoint_every=2_000)
   c.sample.update(steps=50, guidance=4.0, fps=8)
   # Data parallel across slices, parameters and optimizer state sharded
@@ -67,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ("embed", "fsdp"), ("mlp", None), ("text", None), ("conv_h", None),
       ("conv_w", None), ("conv_in", None), ("conv_out", "fsdp")))
   if variant == "runlocal":
-    c.train.update(num_steps=20, vae_steps=10, batch_size=8, log_every=1,
+    c.train.update(num_steps=20, batch_size=8, log_every=1,
                    checkpoint_every=10)
     c.mesh.axes = (("data", -1), ("fsdp", 1))
   return c

@@ -76,3 +76,17 @@ def optimized_xla():
   jax.config.update("jax_disable_most_optimizations", False)
   yield
   jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_config):
+  """The tiny synthetic clips and their latent cache (``--mode=encode``),
+  made once per session: a data_dir for ``--config.data.data_dir``."""
+  from bidigen import latents
+  from bidigen.data import synthetic
+  path = str(tmp_path_factory.mktemp("tiny_data"))
+  synthetic.build(path, "tiny")
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = path
+  latents.encode(config)
+  return path

@@ -116,14 +116,18 @@ def test_bad_configs(tmp_path, config, override, needle):
 
 def test_bad_config_value_is_named(tmp_path):
   proc = run_main("--config=configs/synthetic.py:tiny", "--mode=train",
-                  f"--workdir={tmp_path}/w", "--config.train.vae_steps=99",
+                  f"--workdir={tmp_path}/w", "--config.train.num_steps=0",
                   f"--config.data.data_dir={tmp_path}/data")
-  assert_one_line_error(proc, "config.train.vae_steps")
+  assert_one_line_error(proc, "config.train.num_steps")
 
 
 def test_webvid_without_data_says_how_to_prepare(tmp_path):
-  proc = run_main("--config=configs/webvid.py", "--mode=train",
-                  f"--workdir={tmp_path}/w",
+  proc = run_main("--config=configs/webvid.py", "--mode=encode",
                   f"--config.data.data_dir={tmp_path}/tfds")
   assert_one_line_error(proc, "WebVid data not found", str(tmp_path),
                         "--mode=prepare")
+  proc = run_main("--config=configs/webvid.py", "--mode=train",
+                  f"--workdir={tmp_path}/w",
+                  f"--config.data.data_dir={tmp_path}/tfds")
+  assert_one_line_error(proc, "no encoded latents", str(tmp_path),
+                        "--mode=encode")

@@ -40,11 +40,8 @@ def get_config(arg=None):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  from bidigen.data import synthetic
-  path = str(tmp_path_factory.mktemp("tfds"))
-  synthetic.build(path, "tiny")
-  return path
+def data_dir(tiny_data):
+  return tiny_data  # The tiny clips and their encoded latents.
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +160,8 @@ def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
   from configs import webvid
   config = tiny_config.copy_and_resolve_references()
   config.mesh.logical_axis_rules = webvid.get_config().mesh.logical_axis_rules
+  config.model.latent_mean = [0.0] * 32
+  config.model.latent_std = [1.0] * 32
   dp, fsdp = (train.Trainer(config, sharding.make_mesh(axes), text_dim=16)
               for axes in ((("data", 8), ("fsdp", 1)),
                            (("data", 2), ("fsdp", 4))))
@@ -180,7 +179,7 @@ def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
         getattr(fsdp.abstract_state, part)))
   # The initialised state holds a quarter of each split kernel per device.
   state = fsdp.init(jax.random.key(0))
-  kernel = state.params["vae"]["params"]["encoder"]["Conv_0"]["kernel"]
+  kernel = state.params["params"]["Conv_0"]["kernel"]  # The UNet's first.
   assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 4
   held = sum(a.addressable_shards[0].data.nbytes
              for a in jax.tree.leaves(state))

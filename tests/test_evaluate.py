@@ -139,9 +139,9 @@ def test_evaluate_refuses_a_workdir_report_it_did_not_write(tmp_path,
   assert sorted(os.listdir(tmp_path)) == ["report.md"]
 
 
-def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_config):
+def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_config):
   from bidigen import train
-  data_dir = str(tmp_path / "tfds")
+  data_dir = tiny_data
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
   wd = str(tmp_path / "run")

@@ -6,6 +6,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bidigen import diffusion
 from bidigen import metrics
@@ -50,22 +51,29 @@ def test_clip_flows_at_latent_resolution():
   assert abs(np.median(fl[..., 1])) < 0.1
 
 
-def test_training_with_flow_regularisation(tmp_path, tiny_config):
+def test_training_with_flow_regularisation(tmp_path, tiny_data, tiny_config):
+  from bidigen import latents
   from bidigen import train
   config = tiny_config.copy_and_resolve_references()
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.train.flow_weight = 0.5
+  config.data.data_dir = tiny_data
+  config.train.flow_weight = 1.0
+  config.train.num_steps = 3
+  # The session's latents were encoded without flows: training says so.
+  with pytest.raises(ValueError, match="needs flows"):
+    train.train(config, str(tmp_path / "refused"))
+  config.data.latents_dir = str(tmp_path / "latents_with_flows")
+  config.data.encode_clips = 8
+  latents.encode(config)
   wd = str(tmp_path / "run")
   train.train(config, wd)
   with open(os.path.join(wd, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  diff = [r for r in rows if r["phase"] == "diffusion"]
-  assert diff and all(np.isfinite(r["flow_loss"]) and r["flow_loss"] > 0
-                      for r in diff)
+  assert len(rows) == 3 and all(
+      np.isfinite(r["flow_loss"]) and r["flow_loss"] > 0 for r in rows)
   # The total is the v-loss plus the flow loss at its configured weight.
-  np.testing.assert_allclose([r["loss"] for r in diff],
-                             [r["v_loss"] + 0.5 * r["flow_loss"]
-                              for r in diff], rtol=1e-5)
+  np.testing.assert_allclose([r["loss"] for r in rows],
+                             [r["v_loss"] + 1.0 * r["flow_loss"]
+                              for r in rows], rtol=1e-5)
 
 
 def test_checkpoint_configs_from_before_the_loss_options(tiny_config):

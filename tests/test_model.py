@@ -1,4 +1,5 @@
-"""Shapes and invariants of the autoencoder, UNet and diffusion masks."""
+"""Shapes and invariants of the UNet, the latent space and diffusion
+masks (TAEF2's own tests, on photographs, are in tests/test_pretrained.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -17,29 +18,49 @@ def tiny(tiny_config):
   return models.build(tiny_config.model)
 
 
-def test_vae_shapes_and_latent_factor(tiny, tiny_config):
-  vae, _ = tiny
-  x = jnp.zeros((2, 32, 32, 3))
-  params = vae.init(jax.random.key(0), x, jax.random.key(1))
-  mean, logvar = vae.apply(params, x, method=vae.encode)
-  assert mean.shape == logvar.shape == (2, 8, 8, 4)
-  assert models.latent_shape(tiny_config.model, 32) == (8, 8, 4)
-  assert vae.apply(params, mean, method=vae.decode).shape == (2, 32, 32, 3)
+def test_latent_shape_is_taef2s(tiny_config):
+  assert models.latent_shape(tiny_config.data.resolution) == (8, 8, 32)
+  assert models.latent_shape(128) == (16, 16, 32)
+  assert models.latent_shape(256) == (32, 32, 32)
   with pytest.raises(ValueError, match="not divisible"):
-    models.latent_shape(tiny_config.model, 30)
+    models.latent_shape(60)
+
+
+def test_sampling_latents_round_trip_through_the_saved_statistics():
+  """to_latents normalises with the model's mean/std and to_frames undoes
+  it: a photo survives encode -> decode as TAEF2 alone would give it."""
+  from bidigen import sample
+  from bidigen.models import taef2
+  from skimage import data as skdata
+  from PIL import Image
+  photo = np.asarray(Image.fromarray(skdata.astronaut()).resize((64, 64)))
+  x = jnp.asarray(photo[None], jnp.float32) / 127.5 - 1
+  ae = taef2.load()
+  rng = np.random.default_rng(0)
+  params = {"autoencoder": ae,
+            "latent_mean": rng.normal(size=32).astype(np.float32),
+            "latent_std": rng.uniform(0.5, 2, 32).astype(np.float32)}
+  z = sample.to_latents(params, x)
+  raw = taef2.encode(ae, (x + 1) / 2)
+  np.testing.assert_allclose(z, (raw - params["latent_mean"])
+                             / params["latent_std"], rtol=1e-4, atol=1e-4)
+  back = sample.to_frames(params, z)
+  ref = taef2.decode(ae, raw) * 2 - 1
+  np.testing.assert_allclose(back, ref, atol=1e-3)
+  assert float(jnp.mean(jnp.abs(back - x))) < 0.15
 
 
 def _unet_inputs(b=2, t=9, text_dim=16):
   rng = np.random.default_rng(0)
-  return (jnp.asarray(rng.normal(size=(b, t, 8, 8, 4)), jnp.float32),
-          jnp.zeros((b, t)), jnp.asarray(rng.normal(size=(b, 8, 8, 4))),
+  return (jnp.asarray(rng.normal(size=(b, t, 8, 8, 32)), jnp.float32),
+          jnp.zeros((b, t)), jnp.asarray(rng.normal(size=(b, 8, 8, 32))),
           jnp.tile(jnp.arange(t) - t // 2, (b, 1)), jnp.full((b, t), 0.5),
           jnp.asarray(rng.normal(size=(b, 5, text_dim)), jnp.float32),
           jnp.ones((b, 5)))
 
 
 def test_unet_shape_and_text_conditioning(tiny):
-  _, unet = tiny
+  unet = tiny
   args = _unet_inputs()
   params = unet.init(jax.random.key(0), *args)
   # Output layers start at zero; perturb all params so outputs depend on

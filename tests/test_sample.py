@@ -1,12 +1,14 @@
 """The expansion sampler: plan, scan == loop, determinism, devices, F0, and
 the whole expansion against an oracle model with a known answer."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bidigen import checkpoints
+from bidigen import models
 from bidigen import sample
 from bidigen import sharding
 from bidigen import train
@@ -27,22 +29,27 @@ def setup(tiny_config):
   """A tiny model with random (but non-trivial) weights: the sampler's
   plumbing does not need a trained one."""
   mesh = sharding.make_mesh(tiny_config.mesh.axes)
-  trainer = train.Trainer(tiny_config, mesh, text_dim=16)
-  state = trainer.init(jax.random.key(0))
-  params = checkpoints.sampling_params(state)
-  leaves, tree = jax.tree.flatten(params["unet"])
+  config = tiny_config.copy_and_resolve_references()
+  config.model.latent_mean = [0.1] * 32
+  config.model.latent_std = [0.9] * 32
+  unet = models.build(config.model)
+  state = jax.jit(lambda k: train.init_state(
+      k, unet=unet, tx=train.make_optimizer(config.train),
+      latent_shape=(8, 8, 32), window=9, text_shape=(24, 16)))(
+          jax.random.key(0))
+  leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, state.ema))
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params["unet"] = jax.tree.unflatten(tree, [
-      l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-  params["latent_scale"] = np.float32(1.0)
+  params = sample.model_params(jax.tree.unflatten(tree, [
+      l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]),
+      config.model)
   rng = np.random.default_rng(0)
   b = 8
-  inputs = (rng.uniform(-1, 1, (b, 32, 32, 3)).astype(np.float32),
+  inputs = (rng.uniform(-1, 1, (b, 64, 64, 3)).astype(np.float32),
             sample.sample_keys(0, b),
             rng.normal(size=(b, 24, 16)).astype(np.float32),
             np.ones((b, 24), np.float32),
             np.zeros((b, 24, 16), np.float32), np.ones((b, 24), np.float32))
-  kw = dict(vae=trainer.vae, unet=trainer.unet, window=9, context=4,
+  kw = dict(unet=unet, window=9, context=4,
             frames_before=6, frames_after=10, steps=2, guidance=2.0)
   return mesh, params, inputs, kw
 
@@ -53,7 +60,7 @@ def test_scan_sampler_matches_loop_reference(setup):
   loop = jax.jit(lambda p, *a: sample.expand(p, *a, use_scan=False, **kw))(
       params, *inputs)
   scan, loop = np.asarray(scan, int), np.asarray(loop, int)
-  assert scan.shape == (8, 17, 32, 32, 3)
+  assert scan.shape == (8, 17, 64, 64, 3)
   assert np.abs(scan - loop).max() <= 1
   assert (scan == loop).mean() > 0.999
 
@@ -84,26 +91,12 @@ def test_noise_follows_each_sample_key(setup):
   assert np.abs(b - a[perm]).max() <= 1
 
 
-class IdentityVAE:
-  """Latents are the pixels: what the sampler writes is what comes out."""
-
-  def encode(self, x):
-    return x, jnp.zeros_like(x)
-
-  def decode(self, z):
-    return z
-
-  def apply(self, params, x, method):
-    del params
-    return method(x)
-
-
 class LinearMotionUNet:
   """An oracle whose clip is a straight line in latent space: frame o is
   base + o * delta, with base the mean of the anchor and of what the known
   frames say (z_k - o_k delta). It outputs the true v for that clip, so any
   error in the offsets, the context read from the frame buffer, where the
-  windows are written, the anchor or the latent scale shows in the frames.
+  windows are written or the anchor shows in the latents.
   """
 
   def apply(self, params, z, known, anchor, offsets, level, text,
@@ -119,39 +112,29 @@ class LinearMotionUNet:
 
 @pytest.mark.parametrize("before,after,use_scan", [(6, 14, True),
                                                     (9, 2, False)])
-def test_expansion_continues_a_known_clip(before, after, use_scan,
-                                          tiny_config):
+def test_expansion_continues_a_known_clip(before, after, use_scan):
   """With the oracle above, the whole expansion (first window around F0,
-  then forward and backward windows) must reproduce F0 + o * delta / scale
-  at every offset o, exactly up to uint8 rounding. Each case asks for the
-  last frame of the buffer on one side (14 = 4 + 2 * 5, 9 = 4 + 5), so a
-  window that falls one frame short leaves a blank there."""
-  mesh = sharding.make_mesh(tiny_config.mesh.axes)
+  then forward and backward windows) must reproduce F0 + o * delta at every
+  offset o. Each case asks for the last frame of the buffer on one side
+  (14 = 4 + 2 * 5, 9 = 4 + 5), so a window that falls one frame short
+  leaves a blank there."""
   rng = np.random.default_rng(0)
-  b, scale = 8, 2.0
-  images = rng.uniform(-0.4, 0.4, (b, 8, 8, 3)).astype(np.float32)
-  delta = (rng.uniform(0.04, 0.08, (8, 8, 3))
-           * rng.choice([-1, 1], (8, 8, 3))).astype(np.float32)
-  params = {"vae": {}, "unet": {"delta": delta},
-            "latent_scale": np.float32(scale)}
+  b = 8
+  anchor = rng.normal(size=(b, 4, 4, 32)).astype(np.float32)
+  delta = (rng.uniform(0.1, 0.2, (4, 4, 32))
+           * rng.choice([-1, 1], (4, 4, 32))).astype(np.float32)
   text = np.zeros((b, 2, 4), np.float32)
   mask = np.ones((b, 2), np.float32)
-  kw = dict(window=9, context=4, frames_before=before, frames_after=after,
-            steps=2, guidance=2.0)
-  if use_scan:
-    f = sample.make_sampler(mesh, vae=IdentityVAE(), unet=LinearMotionUNet(),
-                            batch=b, **kw)
-  else:
-    f = jax.jit(lambda *a: sample.expand(
-        *a, vae=IdentityVAE(), unet=LinearMotionUNet(), use_scan=False, **kw))
-  out = np.asarray(f(params, images, sample.sample_keys(0, b), text, mask,
-                     text, mask), int)
+  f = jax.jit(functools.partial(
+      sample.expand_latents, unet=LinearMotionUNet(), window=9, context=4,
+      frames_before=before, frames_after=after, steps=2, guidance=2.0,
+      use_scan=use_scan))
+  out = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, b),
+                     text, mask, text, mask))
   offsets = np.arange(-before, after + 1)[:, None, None, None]
-  clip = images[:, None] + offsets * delta / scale
-  assert np.abs(clip).max() < 1  # Nothing hidden by clipping to [-1, 1].
-  want = np.round((clip + 1) * 127.5)
+  want = anchor[:, None] + offsets * delta
   assert out.shape == want.shape
-  assert np.abs(out - want).max() <= 1
+  np.testing.assert_allclose(out, want, atol=1e-4)
 
 
 def test_eight_devices_give_the_frames_of_one(setup):

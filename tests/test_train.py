@@ -1,26 +1,38 @@
-"""Training end to end on the tiny config: train -> checkpoint -> resume ->
-sample, through the same entry point a user calls."""
+"""Training end to end on the tiny config: encode -> train -> checkpoint ->
+resume -> sample, through the same entry point a user calls; and training
+from cached latents where TensorFlow, TFDS and transformers are missing."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import imageio.v3 as iio
 import jax
 import numpy as np
 import pytest
 
+from bidigen import checkpoints
+from bidigen import latents
 from bidigen import sharding
 from bidigen import train
+from tests.conftest import tiny_text_encoder
+from tests.test_cli import ROOT
 from tests.test_cli import run_main
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  from bidigen.data import synthetic
-  path = str(tmp_path_factory.mktemp("tfds"))
-  synthetic.build(path, "tiny")
-  return path
+def data_dir(tiny_data):
+  return tiny_data
+
+
+def with_stats(config):
+  config = config.copy_and_resolve_references()
+  config.model.latent_mean = [0.0] * 32
+  config.model.latent_std = [1.0] * 32
+  return config
 
 
 def read_metrics(workdir):
@@ -37,9 +49,16 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   rows = read_metrics(wd)
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(r["loss"]) for r in rows)
-  assert [r["phase"] for r in rows] == ["vae"] * 2 + ["diffusion"] * 4
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd))
+  # The model carries the statistics its latents were normalised with.
+  cfg, params = checkpoints.restore_for_sampling(wd)
+  meta = latents.read_meta(latents.cache_dir(cfg.data))
+  np.testing.assert_allclose(cfg.model.latent_mean, meta["latent_mean"],
+                             atol=1e-5)
+  np.testing.assert_allclose(cfg.model.latent_std, meta["latent_std"],
+                             atol=1e-5)
+  assert set(params) == {"unet"}
 
   image = os.path.join(str(tmp_path), "f0.png")
   iio.imwrite(image, np.random.default_rng(0).integers(
@@ -53,14 +72,14 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   # 7 words + 60 + [CLS] [SEP] = 69 tokens; the tiny config reads 32.
   assert ("bidigen: warning: the prompt is 69 tokens long; the text encoder "
           "reads only the first 32") in proc.stderr
-  assert iio.imread(video).shape == (9, 32, 32, 3)
+  assert iio.imread(video).shape == (9, 64, 64, 3)
 
   folder = str(tmp_path / "frames")
   proc = run_main("--mode=sample", f"--image={image}", "--prompt=",
                   "--frames_before=2", "--frames_after=6", "--seed=3",
                   f"--output={folder}", f"--checkpoint={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  names = sorted(os.listdir(folder))
+  names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
   expected = [f"frame_{o:+04d}.png" for o in range(-2, 7)]
   assert names == sorted(expected + ["contact_sheet.png", ".bidigen.json"])
   assert "frame_-002.png" in names and "frame_+006.png" in names
@@ -107,43 +126,166 @@ def test_resume_continues_exactly(tmp_path, straight_run):
                              [r["loss"] for r in straight[3:]], rtol=1e-5)
 
 
-def test_training_learns_one_batch_compiling_each_step_once(tiny_config):
-  """Overfitting one fixed batch (same clips, windows and noise at every
-  step) must bring both phases' losses down by a clear margin, and the EMA
-  must follow the UNet's params by its documented decay; each step function
-  compiles once."""
+def test_step_compiles_once_and_trains_the_unet_alone(tiny_config):
+  mesh = sharding.make_mesh(tiny_config.mesh.axes)
+  trainer = train.Trainer(with_stats(tiny_config), mesh, text_dim=16)
+  state = trainer.init(jax.random.key(0))
+  assert set(vars(state)) == {"step", "params", "opt_state", "ema"}
+  first = jax.tree.map(np.array, state.params)
+  rng = np.random.default_rng(0)
+  for step in range(3):
+    batch = sharding.global_batch(mesh, {
+        "latents": rng.normal(size=(8, 17, 8, 8, 32)).astype(np.float32),
+        "text": rng.normal(size=(8, 32, 16)).astype(np.float32),
+        "text_mask": np.ones((8, 32), np.float32)})
+    state, metrics = trainer.step(state, batch, jax.random.key(step))
+  assert int(state.step) == 3
+  assert trainer.step._cache_size() == 1
+  assert np.isfinite(float(metrics["loss"]))
+  moved = [not np.array_equal(a, b) for a, b in
+           zip(jax.tree.leaves(first), jax.tree.leaves(state.params))]
+  assert sum(moved) > 0.5 * len(moved)  # Zero-initialised outputs gate some.
+  # The EMA warms up from this run's step 0: after 3 steps its decay is
+  # (1 + n) / (10 + n) <= 4/13, so it has moved most of the way.
+  assert not np.array_equal(jax.tree.leaves(state.ema)[0],
+                            jax.tree.leaves(first)[0])
+
+
+def test_ema_warm_up_counts_the_diffusion_steps(tiny_config):
+  """Step 1 of a run: decay min(ema_decay, 2/11), not ema_decay."""
+  mesh = sharding.make_mesh(tiny_config.mesh.axes)
+  trainer = train.Trainer(with_stats(tiny_config), mesh, text_dim=16)
+  state = trainer.init(jax.random.key(0))
+  ema0 = np.array(jax.tree.leaves(state.ema)[0])
+  rng = np.random.default_rng(1)
+  batch = sharding.global_batch(mesh, {
+      "latents": rng.normal(size=(8, 17, 8, 8, 32)).astype(np.float32),
+      "text": rng.normal(size=(8, 32, 16)).astype(np.float32),
+      "text_mask": np.ones((8, 32), np.float32)})
+  state, _ = trainer.step(state, batch, jax.random.key(0))
+  p1 = np.array(jax.tree.leaves(state.params)[0])
+  ema1 = np.array(jax.tree.leaves(state.ema)[0])
+  decay = 2.0 / 11.0
+  np.testing.assert_allclose(ema1, decay * ema0 + (1 - decay) * p1,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_training_without_encoded_latents_says_how_to_encode(tmp_path,
+                                                             tiny_config):
   config = tiny_config.copy_and_resolve_references()
-  config.train.update(dict(num_steps=22, vae_steps=6, warmup_steps=1,
-                           learning_rate=1e-2, vae_learning_rate=5e-3))
+  config.data.data_dir = str(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="--mode=encode"):
+    train.train(config, str(tmp_path / "run"))
+
+
+def test_latents_encoded_with_another_config_are_refused(tmp_path, data_dir,
+                                                         tiny_config):
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  config.model.text.max_length = 16
+  with pytest.raises(ValueError, match="text_max_length"):
+    train.train(config, str(tmp_path / "run"))
+
+
+def test_encode_is_deterministic_and_stats_normalise(tmp_path, data_dir,
+                                                     tiny_config):
+  """A second encode of the same clips writes the same latents; the saved
+  statistics are the latents' own per-channel mean and std."""
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  config.data.latents_dir = str(tmp_path / "again")
+  config.data.encode_clips = 8
+  latents.encode(config)
+  first = latents.make_loader(latents.cache_dir(config.data),
+                              global_batch_size=8, seed=0, shuffle=False,
+                              num_epochs=1, shard_index=0, shard_count=1)
+  a = next(iter(first))
+  default = tiny_config.copy_and_resolve_references()
+  default.data.data_dir = data_dir
+  ref = latents.make_loader(latents.cache_dir(default.data),
+                            global_batch_size=8, seed=0, shuffle=False,
+                            num_epochs=1, shard_index=0, shard_count=1)
+  b = next(iter(ref))
+  np.testing.assert_array_equal(a["latents"], b["latents"])
+  assert a["latents"].shape == (8, 17, 8, 8, 32)
+  meta = latents.read_meta(config.data.latents_dir)
+  lat = a["latents"].reshape(-1, 32)
+  np.testing.assert_allclose(meta["latent_mean"], lat.mean(0), atol=2e-3)
+  np.testing.assert_allclose(meta["latent_std"], lat.std(0), rtol=2e-3)
+  assert meta["num_clips"] == 8
+
+
+NO_TF = textwrap.dedent("""
+    import builtins, sys
+    BLOCKED = ("tensorflow", "tensorflow_datasets", "transformers",
+               "tensorboard", "cv2", "PIL", "imageio", "skimage", "sklearn",
+               "av", "gradio", "torch")
+    _import = builtins.__import__
+    def guarded(name, *args, **kwargs):
+      if name.split(".")[0] in BLOCKED:
+        raise ImportError(f"No module named {name!r} (blocked by the test)")
+      return _import(name, *args, **kwargs)
+    builtins.__import__ = guarded
+""")
+
+
+def test_train_from_cached_latents_without_tensorflow(tmp_path, data_dir):
+  """``--mode=train`` where TensorFlow, TFDS, transformers (and the
+  media libraries) cannot be imported: it trains, and says where metrics
+  went instead of clu's writers."""
+  site = tmp_path / "site"
+  site.mkdir()
+  (site / "sitecustomize.py").write_text(NO_TF)
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",
+             PYTHONPATH=f"{site}{os.pathsep}{ROOT}")
+  check = subprocess.run(
+      [sys.executable, "-c", "import tensorflow"], env=env,
+      capture_output=True, text=True)
+  assert check.returncode != 0 and "blocked by the test" in check.stderr
+  wd = str(tmp_path / "run")
+  proc = subprocess.run(
+      [sys.executable, "-m", "bidigen.main",
+       "--config=configs/synthetic.py:tiny", "--mode=train",
+       f"--workdir={wd}", f"--config.data.data_dir={data_dir}",
+       "--config.train.num_steps=2", "--config.train.checkpoint_every=2",
+       f"--config.model.text.path={tiny_text_encoder()}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "metrics.jsonl" in proc.stdout and "step 2/2" in proc.stdout
+  assert [r["step"] for r in read_metrics(wd)] == [1, 2]
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2"]
+
+
+def test_training_learns_one_batch(tiny_config):
+  """Overfitting one fixed batch (same clips, windows and noise at every
+  step) must bring the loss down by a clear margin, and the EMA must follow
+  the UNet's params by its documented decay."""
+  config = with_stats(tiny_config)
+  config.train.update(dict(warmup_steps=1, learning_rate=1e-2))
   mesh = sharding.make_mesh(config.mesh.axes)
   trainer = train.Trainer(config, mesh, text_dim=16)
   state = trainer.init(jax.random.key(0))
   ema0 = jax.device_get(state.ema)
   rng = np.random.default_rng(0)
-  blocks = np.kron(rng.uniform(0, 255, (8, 4, 4, 3)), np.ones((1, 8, 8, 1)))
-  video = np.stack([np.roll(blocks, t, axis=2) for t in range(17)], 1)
+  blocks = np.kron(rng.normal(size=(8, 4, 4, 32)), np.ones((1, 2, 2, 1)))
+  lat = np.stack([np.roll(blocks, t, axis=2) for t in range(17)], 1)
   batch = sharding.global_batch(mesh, {
-      "video": video.astype(np.uint8),
+      "latents": lat.astype(np.float32),
       "text": rng.normal(size=(8, 32, 16)).astype(np.float32),
       "text_mask": np.ones((8, 32), np.float32)})
   losses = []
-  for step in range(22):
+  for _ in range(16):
     before = jax.device_get((state.step, state.ema))
-    state, metrics = trainer.step(state, batch, jax.random.key(1), step)
+    state, metrics = trainer.step(state, batch, jax.random.key(1))
     losses.append(float(metrics["loss"]))
-  vae, diff = losses[:6], losses[6:]
-  assert vae[-1] < 0.8 * vae[0], vae
-  assert diff[-1] < 0.7 * diff[0], diff
-  assert int(state.step) == 22
-  assert trainer.vae_step._cache_size() == 1
-  assert trainer.diffusion_step._cache_size() == 1
-  assert float(state.latent_scale) > 0
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert int(state.step) == 16
 
   # The last step's EMA update, exactly; and over the run the EMA has moved
   # from the initial weights most of the way to the trained ones.
   n = int(before[0]) + 1
   decay = min(config.train.ema_decay, (1 + n) / (10 + n))
-  params, ema = jax.device_get((state.params["unet"], state.ema))
+  params, ema = jax.device_get((state.params, state.ema))
   for e, prev, p in zip(*map(jax.tree.leaves, (ema, before[1], params))):
     np.testing.assert_allclose(e, decay * prev + (1 - decay) * p, atol=1e-6)
   dist = lambda a, b: np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(
@@ -154,33 +296,59 @@ def test_training_learns_one_batch_compiling_each_step_once(tiny_config):
 def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
-  config.train.vae_learning_rate = 1e30
+  config.train.learning_rate = 1e30
   config.train.warmup_steps = 0
   with pytest.raises(FloatingPointError, match="loss is .* at step"):
     train.train(config, str(tmp_path / "run"))
 
 
 def test_warm_start_from_an_exported_model(tmp_path, straight_run):
-  from bidigen import checkpoints
   config, first = straight_run
   config = config.copy_and_resolve_references()
-  cfg, params = train.restore_for_sampling(first)
+  cfg, params = checkpoints.restore_for_sampling(first)
   exported = str(tmp_path / "model")
   checkpoints.export_model(params, cfg, exported)
 
+  # Warm start begins at this run's step 0 (no faked step), from the
+  # exported EMA as both the params and the EMA.
+  text_dim = latents.read_meta(latents.cache_dir(cfg.data))["text_dim"]
+  trainer = train.Trainer(cfg, sharding.make_mesh(cfg.mesh.axes), text_dim)
+  state = train.warm_start(trainer, trainer.init(jax.random.key(5)),
+                           exported)
+  assert int(state.step) == 0
+  for a, b, c in zip(jax.tree.leaves(state.params),
+                     jax.tree.leaves(state.ema),
+                     jax.tree.leaves(params["unet"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
+
   config.train.init_from = exported
-  config.train.num_steps = 4
-  state = train.train(config, str(tmp_path / "second"))
-  rows = read_metrics(str(tmp_path / "second"))
-  assert [r["step"] for r in rows] == [3, 4]  # vae_steps=2 are skipped.
-  assert all(r["phase"] == "diffusion" for r in rows)
-  # The autoencoder is frozen in the diffusion phase: it is the exported one.
-  for a, b in zip(jax.tree.leaves(state.params["vae"]),
-                  jax.tree.leaves(params["vae"])):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  np.testing.assert_allclose(float(state.latent_scale),
-                             float(params["latent_scale"]))
+  config.train.num_steps = 2
+  train.train(config, str(tmp_path / "second"))
+  assert [r["step"] for r in read_metrics(str(tmp_path / "second"))] == [1, 2]
 
   config.model.unet.channels = 8
   with pytest.raises(ValueError, match="does not match"):
     train.train(config, str(tmp_path / "third"))
+
+
+def test_loading_a_workdir_builds_no_trainer_and_one_text_encoder(
+    straight_run, monkeypatch):
+  """Sampling from a training workdir reads the EMA weights as saved: no
+  trainer, no optimizer, and the text encoder is loaded once."""
+  from bidigen import sample
+  from bidigen import text
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("sampling built training machinery")
+  monkeypatch.setattr(train, "Trainer", refuse)
+  monkeypatch.setattr(train, "make_optimizer", refuse)
+  loads = []
+  real = text.load_text_encoder
+  monkeypatch.setattr(text, "load_text_encoder",
+                      lambda *a, **k: loads.append(a) or real(*a, **k))
+  _, wd = straight_run
+  gen = sample.Generator(wd)
+  assert len(loads) == 1
+  assert set(gen.params) == {"unet", "autoencoder", "latent_mean",
+                             "latent_std"}

@@ -3,7 +3,6 @@
 import os
 
 from bidigen.data import pipeline
-from bidigen.data import synthetic
 
 make_loader = pipeline.make_loader
 NAMES = ("bidigen_synthetic", "webvid", "video_folder")
@@ -19,6 +18,9 @@ def get_builder(data_config, prepare: bool = False):
   """
   data_dir = os.path.expanduser(data_config.data_dir)
   if data_config.name == "bidigen_synthetic":
+    # TFDS (and TensorFlow) only when raw data is read: training from the
+    # latent cache imports this package without them.
+    from bidigen.data import synthetic  # pylint: disable=g-import-not-at-top
     if prepare:
       return synthetic.build(data_dir, data_config.builder_config)
     builder = synthetic.BidigenSynthetic(

@@ -106,14 +106,28 @@ def make_loader(builder, split: str, *, global_batch_size: int, seed: int,
   Raises:
     ValueError: global_batch_size is not divisible by shard_count.
   """
+  require_prepared(builder)
+  source = builder.as_data_source(split=split)
+  dtypes = {k: f.np_dtype for k, f in builder.info.features.items()}
+  return loader(source, _Decode(dtypes), global_batch_size=global_batch_size,
+                seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                drop_remainder=drop_remainder, worker_count=worker_count,
+                shard_index=shard_index, shard_count=shard_count)
+
+
+def loader(source, decode: grain.transforms.Map, *, global_batch_size: int,
+           seed: int, shuffle: bool = True, num_epochs: int | None = None,
+           drop_remainder: bool = True, worker_count: int = 0,
+           shard_index: int | None = None,
+           shard_count: int | None = None) -> grain.DataLoader:
+  """Batches of any random-access ``source`` whose records ``decode`` turns
+  into dicts of arrays: the TFDS data above, or the latent cache
+  (``bidigen.latents``). Arguments as ``make_loader``."""
   shard_count = jax.process_count() if shard_count is None else shard_count
   shard_index = jax.process_index() if shard_index is None else shard_index
   if global_batch_size % shard_count:
     raise ValueError(f"global batch size {global_batch_size} is not "
                      f"divisible by the {shard_count} processes")
-  require_prepared(builder)
-  source = builder.as_data_source(split=split)
-  dtypes = {k: f.np_dtype for k, f in builder.info.features.items()}
   local_batch = global_batch_size // shard_count
   sampler = _ProcessRows(grain.samplers.IndexSampler(
       num_records=len(source), shuffle=shuffle, seed=seed,
@@ -123,6 +137,5 @@ def make_loader(builder, split: str, *, global_batch_size: int, seed: int,
       shard_options=grain.sharding.ShardOptions(
           shard_index=shard_index, shard_count=shard_count,
           drop_remainder=True),
-      operations=[_Decode(dtypes), grain.transforms.Batch(
+      operations=[decode, grain.transforms.Batch(
           local_batch, drop_remainder=drop_remainder)])
-

@@ -1,25 +1,26 @@
-"""Model construction from the config's ``model`` section."""
+"""Model construction from the config's ``model`` section.
 
+The autoencoder is not built here: it is TAEF2 (``bidigen.models.taef2``),
+pretrained and frozen, the same for every config.
+"""
+
+from bidigen.models import taef2
 from bidigen.models.unet import UNet
-from bidigen.models.vae import VAE
 
 
-def build(model_config) -> tuple[VAE, UNet]:
-  """The autoencoder and the UNet, from explicit config values."""
-  vae = VAE(channels=tuple(model_config.vae.channels),
-            latent_dim=model_config.vae.latent_dim)
-  unet = UNet(channels=model_config.unet.channels,
+def build(model_config) -> UNet:
+  """The diffusion UNet, from explicit config values."""
+  return UNet(channels=model_config.unet.channels,
               channel_mult=tuple(model_config.unet.channel_mult),
               attention_levels=tuple(model_config.unet.attention_levels),
               num_heads=model_config.unet.num_heads,
               max_offset=model_config.unet.max_offset)
-  return vae, unet
 
 
-def latent_shape(model_config, resolution: int) -> tuple[int, int, int]:
-  factor = 2 ** (len(model_config.vae.channels) - 1)
-  if resolution % factor:
+def latent_shape(resolution: int) -> tuple[int, int, int]:
+  """TAEF2's latent [h, w, c] for square frames of ``resolution``."""
+  if resolution % taef2.FACTOR:
     raise ValueError(f"resolution {resolution} is not divisible by the "
-                     f"autoencoder's downsampling factor {factor}")
-  side = resolution // factor
-  return side, side, model_config.vae.latent_dim
+                     f"autoencoder's downsampling factor {taef2.FACTOR}")
+  side = resolution // taef2.FACTOR
+  return side, side, taef2.LATENT_CHANNELS

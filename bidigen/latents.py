@@ -1,0 +1,242 @@
+"""The latent cache: a dataset's clips through the frozen encoders once.
+
+``--mode=encode`` runs every training clip through TAEF2's encoder and every
+caption through the text encoder, once, and writes them next to the data:
+
+  {cache}/train.array_record   one record per clip, the bytes of an .npz of
+                               latents float16 [T, h, w, 32] (TAEF2's raw
+                               output), text float16 [L, D], text_mask
+                               uint8 [L] and, when the config trains with
+                               the flow loss, flows float16 [T-1, h, w, 2]
+  {cache}/null_text.npz        the empty prompt's embedding and mask (what a
+                               caption dropped for guidance becomes)
+  {cache}/meta.json            shapes, counts, the text encoder, the
+                               per-channel latent mean/std the model
+                               normalises with, and what encoding cost
+
+Training then reads latents and embeddings, and runs neither encoder: this
+module's reading half needs only grain, array_record and numpy (no
+TensorFlow, no transformers), which is all an accelerator machine may have.
+"""
+
+import io
+import json
+import os
+import shutil
+import time
+
+import grain
+import numpy as np
+
+from bidigen.data import pipeline
+
+META = "meta.json"
+NULL_TEXT = "null_text.npz"
+RECORDS = "train.array_record"
+FORMAT = 1
+
+
+def cache_dir(data_config) -> str:
+  """Where ``data_config``'s latents live: ``config.data.latents_dir``, or a
+  folder named for the dataset under its data_dir."""
+  given = data_config.get("latents_dir", "")
+  if given:
+    return os.path.expanduser(given)
+  tag = data_config.get("builder_config") or (
+      f"{data_config.resolution}px_{data_config.num_frames}f")
+  return os.path.join(os.path.expanduser(data_config.data_dir),
+                      "bidigen_latents", f"{data_config.name}_{tag}")
+
+
+def read_meta(path: str) -> dict:
+  """The cache's meta.json; a missing cache is a one-line error that says
+  how to make it."""
+  meta_path = os.path.join(path, META)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(
+        f"no encoded latents in {path}: run `python -m bidigen.main "
+        "--config=CONFIG --mode=encode` with the config and overrides of "
+        "this training run first")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"the latents in {path} were written by another version "
+                     f"of bidigen (format {meta.get('format')}, this one reads"
+                     f" {FORMAT}); encode again with --overwrite")
+  return meta
+
+
+def check_matches(meta: dict, config, path: str) -> None:
+  """The cache must be what this config would have encoded."""
+  want = {"resolution": config.data.resolution,
+          "num_frames": config.data.num_frames,
+          "text_kind": config.model.text.kind,
+          "text_path": config.model.text.path,
+          "text_max_length": config.model.text.max_length}
+  for key, value in want.items():
+    if meta.get(key) != value:
+      raise ValueError(
+          f"the latents in {path} have {key}={meta[key]!r} but the config "
+          f"has {value!r}: encode again with this config (--mode=encode "
+          "--overwrite) or point config.data.latents_dir elsewhere")
+
+
+def to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  return buf.getvalue()
+
+
+def from_bytes(data: bytes) -> dict[str, np.ndarray]:
+  with np.load(io.BytesIO(data), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+class _Decode(grain.transforms.Map):
+  """Record bytes -> arrays in the dtypes the train step takes."""
+
+  def map(self, element: bytes) -> dict[str, np.ndarray]:
+    ex = from_bytes(element)
+    out = {"latents": ex["latents"].astype(np.float32),
+           "text": ex["text"].astype(np.float32),
+           "text_mask": ex["text_mask"].astype(np.float32)}
+    if "flows" in ex:
+      out["flows"] = ex["flows"].astype(np.float32)
+    return out
+
+
+def make_loader(path: str, **kwargs) -> grain.DataLoader:
+  """Batches of encoded clips; arguments as ``pipeline.make_loader``."""
+  source = grain.sources.ArrayRecordDataSource(
+      [os.path.join(path, RECORDS)])
+  return pipeline.loader(source, _Decode(), **kwargs)
+
+
+def load_null_text(path: str) -> tuple[np.ndarray, np.ndarray]:
+  with np.load(os.path.join(path, NULL_TEXT), allow_pickle=False) as f:
+    return f["text"].astype(np.float32), f["text_mask"].astype(np.float32)
+
+
+class Stats:
+  """Per-channel mean and standard deviation, accumulated in float64."""
+
+  def __init__(self, channels: int):
+    self.n = 0
+    self.sum = np.zeros(channels)
+    self.sq = np.zeros(channels)
+
+  def add(self, latents: np.ndarray) -> None:
+    flat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    self.n += flat.shape[0]
+    self.sum += flat.sum(0)
+    self.sq += (flat**2).sum(0)
+
+  def result(self) -> tuple[list[float], list[float]]:
+    mean = self.sum / self.n
+    std = np.sqrt(np.maximum(self.sq / self.n - mean**2, 0)) + 1e-6
+    return mean.tolist(), std.tolist()
+
+
+def encode(config, *, overwrite: bool = False, batch_clips: int = 8) -> str:
+  """``--mode=encode``: writes the cache for ``config`` and returns its path.
+
+  An existing complete cache is kept (a second call is a no-op) unless
+  ``overwrite``. The cache is written to a temporary folder and renamed, so
+  an interrupted encode leaves nothing a training run would read.
+  ``config.data.encode_clips`` (0: all) encodes only the first clips.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from bidigen import data as data_lib  # TFDS: only here, not in training.
+  from bidigen import text as text_lib
+  from bidigen.models import taef2
+
+  path = cache_dir(config.data)
+  if os.path.exists(os.path.join(path, META)) and not overwrite:
+    read_meta(path)
+    print(f"latents already encoded in {path} (--overwrite encodes again)")
+    return path
+  builder = data_lib.get_builder(
+      config.data, prepare=config.data.name == "bidigen_synthetic")
+  source = builder.as_data_source(split="train")
+  count = len(source)
+  limit = int(config.data.get("encode_clips", 0) or 0)
+  if limit:
+    count = min(count, limit)
+  text_cfg = config.model.text
+  encoder = text_lib.load_text_encoder(text_cfg.kind, text_cfg.path,
+                                       text_cfg.max_length)
+  ae = taef2.load()
+  flows = float(config.train.get("flow_weight", 0.0)) > 0
+  if flows:
+    from bidigen import metrics  # OpenCV's DIS flow, on the host.
+
+  @jax.jit
+  def to_latents(video):  # uint8 [B, T, R, R, 3] -> float [B, T, h, w, 32]
+    return taef2.encode(ae, video.astype(np.float32) / 255.0)
+
+  tmp = f"{path}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  writer = array_record_module.ArrayRecordWriter(
+      os.path.join(tmp, RECORDS), "group_size:1")
+  stats = Stats(taef2.LATENT_CHANNELS)
+  t0 = time.time()
+  encode_seconds = 0.0
+  record_bytes = 0
+  try:
+    for i in range(0, count, batch_clips):
+      n = min(batch_clips, count - i)
+      exs = [source[j] for j in range(i, i + n)]
+      video = np.stack([np.asarray(e["video"]) for e in exs])
+      pad = np.concatenate([video, np.repeat(video[-1:], batch_clips - n, 0)])
+      t = time.time()
+      lat = np.asarray(to_latents(pad))[:n]
+      encode_seconds += time.time() - t
+      captions = [c.decode() if isinstance(c, bytes) else str(c)
+                  for c in (e["caption"] for e in exs)]
+      emb, mask = encoder.encode(captions)
+      fl = metrics.clip_flows(video, taef2.FACTOR) if flows else None
+      for k in range(n):
+        stats.add(lat[k])
+        arrays = {"latents": lat[k].astype(np.float16),
+                  "text": emb[k].astype(np.float16),
+                  "text_mask": mask[k].astype(np.uint8)}
+        if flows:
+          arrays["flows"] = fl[k].astype(np.float16)
+        data = to_bytes(arrays)
+        record_bytes += len(data)
+        writer.write(data)
+      print(f"  encoded {i + n}/{count} clips", flush=True)
+  finally:
+    writer.close()
+  null, null_mask = encoder.encode([""])
+  np.savez(os.path.join(tmp, NULL_TEXT), text=null[0], text_mask=null_mask[0])
+  mean, std = stats.result()
+  seconds = time.time() - t0
+  meta = {
+      "format": FORMAT, "num_clips": count,
+      "source": f"{builder.info.full_name}/train",
+      "resolution": config.data.resolution,
+      "num_frames": config.data.num_frames,
+      "latent_shape": list(lat.shape[1:]),
+      "text_kind": text_cfg.kind, "text_path": text_cfg.path,
+      "text_max_length": text_cfg.max_length,
+      "text_dim": encoder.dim, "flows": flows,
+      "latent_mean": mean, "latent_std": std,
+      "seconds": round(seconds, 2),
+      "encoder_seconds": round(encode_seconds, 2),
+      "bytes_per_clip": record_bytes // max(count, 1),
+      "video_bytes_per_clip": int(np.prod(video.shape[1:])),
+  }
+  with open(os.path.join(tmp, META), "w") as f:
+    json.dump(meta, f, indent=2)
+  if os.path.exists(path):
+    shutil.rmtree(path)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  os.replace(tmp, path)
+  print(f"encoded {count} clips into {path} in {seconds:.1f}s "
+        f"({1000 * seconds / max(count, 1):.0f}s per 1000 clips, "
+        f"{meta['bytes_per_clip']} bytes per clip; the uint8 video is "
+        f"{meta['video_bytes_per_clip']})", flush=True)
+  return path
