@@ -37,6 +37,9 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 CAPTIONS_CSV = "captions.csv"
+# Beside captions.csv, optional: each video's origin, licence and ``use``.
+SOURCES_TSV = "SOURCES.tsv"
+USES = ("train", "eval_only")
 
 
 def resampled_frames(path: str, *, fps: float, resolution: int,
@@ -239,6 +242,29 @@ class BidigenVideoFolder(_VideoBuilder):
         if key not in seen:
           seen.add(key)
           yield key, os.path.join(folder, key), row["caption"] or ""
+
+
+def read_uses(folder: str) -> dict[str, str]:
+  """{video path as captions.csv names it (normalised): its ``use``} from the
+  folder's SOURCES.tsv (columns file, use; tab-separated), or {} without one.
+
+  ``train`` videos may train a model that is distributed; ``eval_only``
+  ones may only evaluate one (their licences say so), so they never enter a
+  training set. Any other value is a one-line error.
+  """
+  name = os.path.join(folder, SOURCES_TSV)
+  if not os.path.isfile(name):
+    return {}
+  uses = {}
+  with open(name, newline="", encoding="utf-8") as f:
+    rows = csv.DictReader(f, delimiter="\t")
+    _require_columns(rows, ("file", "use"), name)
+    for row in rows:
+      if row["use"] not in USES:
+        raise ValueError(f"{name}: {row['file']} has use={row['use']!r}; "
+                         f"known: {', '.join(USES)}")
+      uses[os.path.normpath(row["file"])] = row["use"]
+  return uses
 
 
 def _require_columns(rows: csv.DictReader, names, path: str) -> None:
