@@ -14,6 +14,8 @@ import pytest
 from bidigen import data
 from bidigen.data import pipeline
 from bidigen.data import videos
+from configs import clips as clips_config
+from configs import synthetic
 from configs import webvid
 
 R, T, FPS = 32, 17, 8
@@ -37,7 +39,7 @@ def write_video(path: str, num_frames: int, fps: int = FPS) -> None:
     stream.width = stream.height = 48
     stream.pix_fmt = "yuv420p"
     for i in range(num_frames):
-      rgb = np.full((48, 48, 3), 20 * i, np.uint8)
+      rgb = np.full((48, 48, 3), 20 * i % 256, np.uint8)
       out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
     out.mux(stream.encode())
 
@@ -207,3 +209,136 @@ def test_all_skipped_names_the_folder(tmp_path):
                      "skipped 2 of 2 videos: 1 missing, 1 unreadable") as e:
     prepared(c)
   assert "\n" not in str(e.value)
+
+
+# Generated videos (frames at 8 fps) -> use in SOURCES.tsv. Lengths differ so
+# that "whole" means something: 3, 2 and 1 clips of 17 frames.
+USES = {"a.mp4": ("train", 51), "b.mp4": ("eval_only", 51),
+        "c.mp4": ("train", 34), "d.mp4": ("eval_only", 34),
+        "e.mp4": ("train", 17), "sub/f.mp4": ("eval_only", 20)}
+
+
+def write_folder(root, uses=USES, sources=True, extra_rows=()):
+  """A video folder of USES' videos; SOURCES.tsv lists them (and
+  ``extra_rows``, raw (file, use) pairs) when ``sources``."""
+  os.makedirs(root / "sub", exist_ok=True)
+  for name, (_, frames) in uses.items():
+    write_video(str(root / name), frames)
+  with open(root / videos.CAPTIONS_CSV, "w", newline="") as f:
+    csv.writer(f).writerows([("path", "caption")] + [
+        (name, f"caption of {name}") for name in uses])
+  if sources:
+    rows = [(name, use) for name, (use, _) in uses.items()]
+    with open(root / videos.SOURCES_TSV, "w", newline="") as f:
+      f.write("file\tsource_repo\tlicence\tuse\n")
+      for name, use in rows + list(extra_rows):
+        f.write(f"{name}\towner/repo\tMIT\t{use}\n")
+  return root
+
+
+@pytest.fixture(scope="module")
+def uses_folder(tmp_path_factory):
+  return write_folder(tmp_path_factory.mktemp("uses"))
+
+
+@pytest.fixture(scope="module")
+def by_use(uses_folder, tmp_path_factory):
+  # test_fraction=0: by hash every video would train, eval_only ones too.
+  return prepared(config("video_folder", tmp_path_factory.mktemp("tfds"),
+                         uses_folder, 0.0))
+
+
+def test_sources_tsv_splits_by_use_and_keeps_videos_whole(by_use):
+  builder, printed = by_use
+  assert builder.builder_config.name == "32px_17f_8fps_3clips_uses"
+  starts = {}
+  for split in ("train", "test"):
+    for e in examples(builder, split):
+      starts.setdefault(split, {}).setdefault(
+          e["source"].decode(), []).append(int(e["start"]))
+      assert e["caption"].decode() == f"caption of {e['source'].decode()}"
+  # Every clip of every eval_only video is in test, none in train.
+  assert {k: sorted(v) for k, v in starts["test"].items()} == {
+      "b.mp4": [0, 17, 34], "d.mp4": [0, 17], os.path.normpath("sub/f.mp4"):
+      [0]}
+  assert {k: sorted(v) for k, v in starts["train"].items()} == {
+      "a.mp4": [0, 17, 34], "c.mp4": [0, 17], "e.mp4": [0]}
+  assert ("train: 3 videos (use=train in SOURCES.tsv); skipped 0 of 3 "
+          "videos; 6 clips") in printed, printed
+  assert ("test: 3 videos (use=eval_only in SOURCES.tsv); skipped 0 of 3 "
+          "videos; 6 clips") in printed, printed
+
+
+def test_hash_split_is_named_apart_and_not_read_for_a_use_split(tmp_path):
+  root = write_folder(tmp_path / "videos", sources=False)
+  c = config("video_folder", tmp_path / "tfds", root, 0.5)
+  builder, printed = prepared(c)
+  assert builder.builder_config.name == "32px_17f_8fps_3clips_test0.5"
+  assert "(hash of the video id < test_fraction 0.5)" in printed, printed
+  sources = {split: {e["source"].decode() for e in examples(builder, split)}
+             for split in builder.info.splits}
+  for split, names in sources.items():
+    assert all(videos.split_of(n, 0.5) == split for n in names), sources
+  assert set().union(*sources.values()) == {os.path.normpath(n) for n in USES}
+  # The folder gains a SOURCES.tsv: its hash-split data is not taken for
+  # the by-use data, which must be prepared.
+  write_folder(root)
+  with pytest.raises(FileNotFoundError, match="_uses is not prepared"):
+    data.get_builder(c)
+  # A builder made to hash such a folder refuses rather than train eval_only.
+  hashing = videos.builder("video_folder", str(tmp_path / "tfds2"),
+                           resolution=R, num_frames=T, fps=FPS,
+                           clips_per_video=3, test_fraction=0.5)
+  with pytest.raises(ValueError, match="must be split by its use column"):
+    videos.prepare(hashing, str(root))
+
+
+def test_video_missing_from_sources_tsv_is_a_one_line_error(tmp_path):
+  root = write_folder(tmp_path / "videos")
+  write_video(str(root / "unlisted.mp4"), 17)
+  with open(root / videos.CAPTIONS_CSV, "a", newline="") as f:
+    csv.writer(f).writerow(("unlisted.mp4", "no licence record"))
+  c = config("video_folder", tmp_path / "tfds", root, 0.0)
+  with pytest.raises(ValueError, match="unlisted.mp4 is listed in .* but not "
+                     "in its SOURCES.tsv") as e:
+    prepared(c)
+  assert "\n" not in str(e.value)
+  with pytest.raises(FileNotFoundError, match="not prepared"):
+    data.get_builder(c)  # Nothing was written.
+
+
+def test_bad_use_is_a_one_line_error(tmp_path):
+  uses = dict(USES, **{"c.mp4": ("research", 34)})
+  root = write_folder(tmp_path / "videos", uses=uses)
+  c = config("video_folder", tmp_path / "tfds", root, 0.0)
+  with pytest.raises(ValueError, match="c.mp4 has use='research'; known: "
+                     "train, eval_only") as e:
+    prepared(c)
+  assert "\n" not in str(e.value)
+
+
+def test_clips_config_builds_a_use_split_video_folder(uses_folder, tmp_path):
+  default = clips_config.get_config()
+  assert default.data.name == "video_folder"
+  assert (default.data.resolution, default.data.num_frames,
+          default.data.fps) == (128, 17, 8)
+  # The synthetic recipe's model and training, as its shapes are the same.
+  reference = synthetic.get_config()
+  for section in ("model", "train", "sample", "eval", "mesh"):
+    assert default[section].to_dict() == reference[section].to_dict(), section
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  assert default.data.manual_dir == os.path.join(
+      os.path.dirname(checkout), "shared", "data", "clips")
+  with pytest.raises(ValueError, match="unknown variant"):
+    clips_config.get_config("huge")
+  c = clips_config.get_config("tiny")
+  assert c.model.to_dict() == synthetic.get_config("tiny").model.to_dict()
+  c.data.update(data_dir=str(tmp_path), manual_dir=str(uses_folder))
+  builder, _ = prepared(c.data)
+  assert isinstance(builder, videos.BidigenVideoFolder)
+  assert builder.builder_config.name == "64px_17f_8fps_1clips_uses"
+  test = examples(builder, "test")
+  assert {e["source"].decode() for e in test} == {
+      os.path.normpath(n) for n, (use, _) in USES.items()
+      if use == "eval_only"}
+  assert np.asarray(test[0]["video"]).shape == (17, 64, 64, 3)

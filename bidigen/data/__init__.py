@@ -35,24 +35,37 @@ def get_builder(data_config, prepare: bool = False):
 
 
 def _video_builder(data_config, data_dir: str, prepare: bool):
+  """The video builder for ``data_config``, split as its folder says.
+
+  A folder with a SOURCES.tsv is split by its ``use`` column, any other by
+  hash; the two are different datasets (``videos.video_config``). Without
+  the folder (reading data prepared elsewhere) the by-use data is taken
+  if prepared, as it is the one that keeps eval_only videos out of train.
+  """
   from bidigen.data import videos  # PyAV only when real video is used.
   kind = data_config.name
   manual_dir = os.path.expanduser(data_config.manual_dir)
-  builder = videos.builder(
-      kind, data_dir, resolution=data_config.resolution,
-      num_frames=data_config.num_frames, fps=data_config.fps,
-      clips_per_video=data_config.clips_per_video,
-      test_fraction=data_config.test_fraction)
-  if builder.is_prepared():
-    return builder
+  if os.path.isdir(manual_dir):
+    splits = [videos.split_by(manual_dir)]
+  else:
+    splits = list(reversed(videos.SPLITS))  # "uses" first.
+  for split in splits:
+    builder = videos.builder(
+        kind, data_dir, resolution=data_config.resolution,
+        num_frames=data_config.num_frames, fps=data_config.fps,
+        clips_per_video=data_config.clips_per_video,
+        test_fraction=data_config.test_fraction, split=split)
+    if builder.is_prepared():
+      return builder
   if not prepare or not os.path.isdir(manual_dir):
     what = ("the WebVid CSV and videos" if kind == "webvid" else
             f"the videos and their {videos.CAPTIONS_CSV}")
     name = "WebVid data" if kind == "webvid" else "video folder data"
-    override = "" if kind == "webvid" else " --config.data.name=video_folder"
+    config = ("--config=configs/webvid.py" if kind == "webvid" else
+              "--config=CONFIG")
     raise FileNotFoundError(
         f"{name} not found: {builder.name}/{builder.builder_config.name} is "
         f"not prepared in {data_dir}; put {what} in {manual_dir} "
-        "(--config.data.manual_dir) and run `python -m bidigen.main "
-        f"--config=configs/webvid.py{override} --mode=prepare`")
+        f"(--config.data.manual_dir) and run `python -m bidigen.main "
+        f"{config} --mode=prepare` with this run's config and overrides")
   return videos.prepare(builder, manual_dir)

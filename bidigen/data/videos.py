@@ -8,8 +8,12 @@ of ``num_frames`` frames. Examples have the synthetic data's ``video`` and
 at ``fps``), so the grain pipeline and the trainer read them unchanged.
 Frames are stored as JPEG: raw 256px clips would take ~50 TB for WebVid-2M.
 
-A video goes wholly to train or test by a hash of its id, so clips of one
-video never straddle the splits and adding videos moves none of the others.
+A video goes wholly to train or test, so clips of one video never straddle
+the splits. A folder with a SOURCES.tsv is split by it: each video's ``use``
+is a licence fact (``eval_only`` videos may not train a distributed model),
+so those go to test and ``train`` ones to train, and a video it does not
+list is an error rather than a guess. Any other folder is split by a hash
+of the video id, so adding videos moves none of the others.
 Missing, unreadable and too-short videos are skipped and counted, never
 fatal; the count is printed when the build ends.
 
@@ -40,6 +44,7 @@ CAPTIONS_CSV = "captions.csv"
 # Beside captions.csv, optional: each video's origin, licence and ``use``.
 SOURCES_TSV = "SOURCES.tsv"
 USES = ("train", "eval_only")
+SPLITS = ("hash", "uses")
 
 
 def resampled_frames(path: str, *, fps: float, resolution: int,
@@ -107,17 +112,33 @@ class VideoConfig(tfds.core.BuilderConfig):
   fps: float = 8
   clips_per_video: int = 4
   test_fraction: float = 0.005
+  split: str = "hash"  # Or "uses": by the folder's SOURCES.tsv.
 
 
 def video_config(*, resolution: int, num_frames: int, fps: float,
-                 clips_per_video: int, test_fraction: float) -> VideoConfig:
+                 clips_per_video: int, test_fraction: float,
+                 split: str = "hash") -> VideoConfig:
   """A config named by everything that changes the examples, so data
-  prepared with other settings is never mistaken for this one."""
+  prepared with other settings is never mistaken for this one.
+
+  ``split="uses"`` data ends in ``_uses`` (test_fraction plays no part),
+  hash-split data in ``_test{fraction}``: one folder prepared both ways
+  gives two datasets, and neither is read for the other.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+  tail = "uses" if split == "uses" else f"test{test_fraction:g}"
   name = (f"{resolution}px_{num_frames}f_{fps:g}fps_{clips_per_video}clips_"
-          f"test{test_fraction:g}")
+          + tail)
   return VideoConfig(name=name, resolution=resolution, num_frames=num_frames,
                      fps=fps, clips_per_video=clips_per_video,
-                     test_fraction=test_fraction)
+                     test_fraction=test_fraction, split=split)
+
+
+def split_by(folder: str) -> str:
+  """How ``folder`` is split: "uses" when it has a SOURCES.tsv."""
+  path = os.path.join(folder, SOURCES_TSV)
+  return "uses" if os.path.isfile(path) else "hash"
 
 
 class _VideoBuilder(tfds.core.GeneratorBasedBuilder):
@@ -143,20 +164,64 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     folder = os.fspath(dl_manager.manual_dir)
     self.stats = {}
+    self.splits = self.assign(folder)
     splits = {"train": self._generate_examples(folder, "train")}
     # An empty split cannot be written: a small folder may have no test.
-    if any(split_of(key, self.builder_config.test_fraction) == "test"
+    if any(self.splits[key] == "test"
            for key, path, _ in self.entries(folder) if os.path.exists(path)):
       splits["test"] = self._generate_examples(folder, "test")
     else:
-      logging.warning("no video of %s hashes to the test split", folder)
+      logging.warning("no video of %s goes to the test split (%s)", folder,
+                      self.reason("test"))
     return splits
+
+  def assign(self, folder: str) -> dict[str, str]:
+    """{video id: "train" or "test"} for every listed video.
+
+    Checked before any video is decoded, so a folder that cannot be split
+    fails at once.
+
+    Raises:
+      ValueError: the folder's SOURCES.tsv and the config disagree on how
+        to split, a listed video has no row in SOURCES.tsv, or a row's use
+        is unknown (one line each).
+    """
+    c = self.builder_config
+    uses = read_uses(folder)
+    if c.split == "hash":
+      if split_by(folder) == "uses":  # Hashing would train eval_only ones.
+        raise ValueError(
+            f"{folder} has a {SOURCES_TSV}, so it must be split by its use "
+            f"column, but this config ({c.name}) splits by hash: make the "
+            "builder with split='uses' (bidigen.data.get_builder does)")
+      return {key: split_of(key, c.test_fraction)
+              for key, _, _ in self.entries(folder)}
+    if not uses:
+      raise ValueError(f"{folder} has no {SOURCES_TSV} (or it lists no "
+                       f"video) but config {c.name} splits by use")
+    out = {}
+    for key, _, _ in self.entries(folder):
+      if key not in uses:
+        raise ValueError(
+            f"{key} is listed in {folder} but not in its {SOURCES_TSV}: add "
+            "its row (source, licence, use) before preparing")
+      out[key] = "test" if uses[key] == "eval_only" else "train"
+    return out
+
+  def reason(self, split: str) -> str:
+    """Why videos went to ``split``, for the prepare summary."""
+    c = self.builder_config
+    if c.split == "uses":
+      use = "eval_only" if split == "test" else "train"
+      return f"use={use} in {SOURCES_TSV}"
+    side = "<" if split == "test" else ">="
+    return f"hash of the video id {side} test_fraction {c.test_fraction:g}"
 
   def _generate_examples(self, folder: str, split: str):
     c = self.builder_config
     stats = self.stats.setdefault(split, collections.Counter())
     for key, path, caption in self.entries(folder):
-      if split_of(key, c.test_fraction) != split:
+      if self.splits[key] != split:
         continue
       stats["videos"] += 1
       if not os.path.exists(path):
@@ -300,13 +365,15 @@ def check_manual_dir(kind: str, folder: str) -> None:
 
 
 def builder(kind: str, data_dir: str, **config) -> _VideoBuilder:
-  """The (maybe unprepared) builder of ``kind`` for a config's settings."""
+  """The (maybe unprepared) builder of ``kind`` for a config's settings
+  (``video_config``'s arguments; pass ``split=split_by(manual_dir)``)."""
   return BUILDERS[kind](data_dir=data_dir, config=video_config(**config),
                         file_format="array_record")
 
 
 def prepare(b: _VideoBuilder, manual_dir: str) -> _VideoBuilder:
-  """Builds ``b`` from the videos in ``manual_dir``; prints the skip count."""
+  """Builds ``b`` from the videos in ``manual_dir``; prints the skip count
+  and, per split, how many videos went there and why."""
   check_manual_dir("webvid" if isinstance(b, BidigenWebvid)
                    else "video_folder", manual_dir)
   print(f"preparing {b.name}/{b.builder_config.name} from {manual_dir} into "
@@ -314,4 +381,8 @@ def prepare(b: _VideoBuilder, manual_dir: str) -> _VideoBuilder:
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir))
   print(f"{b.name}: {b.summary()}", flush=True)
+  for split in ("train", "test"):
+    if split in b.stats:
+      print(f"  {split}: {b.stats[split]['videos']} videos "
+            f"({b.reason(split)}); {b.summary(split)}", flush=True)
   return b
