@@ -110,21 +110,54 @@ def extrapolate(prev: np.ndarray, last: np.ndarray, count: int) -> np.ndarray:
   return np.stack([warp(last, k * fl) for k in range(1, count + 1)])
 
 
-def camera_class(frames_a: np.ndarray, frames_b: np.ndarray,
-                 threshold: float = 0.75) -> str:
-  """Camera motion a -> b read from the global flow: static, pan_* (the
-  camera's direction, opposite to the content's) or zoom_in/out."""
-  fl = flow(frames_a, frames_b)
+# Camera motions a global flow can show, one pair per axis of motion; a
+# combination is one of each pair at most, in this order ("pan_left+zoom_in").
+CAMERA_AXES = (("pan_left", "pan_right"), ("pan_up", "pan_down"),
+               ("zoom_in", "zoom_out"), ("rotate_cw", "rotate_ccw"))
+
+
+def camera_scores(fl: np.ndarray) -> dict[str, float]:
+  """How strongly a flow [H, W, 2] (a -> b) shows each camera motion, in px.
+
+  Pans: the median flow (the camera moves against the content). Zoom and
+  roll: the median scale and angle by which the flow, less that pan, moves
+  pixels about the centre, as the motion they give at twice the median
+  radius (about the edge, relative to the centre). Each score reads one axis
+  of a combined motion, and a roll however large reads as no zoom. A camera
+  rolling clockwise turns the content anticlockwise on screen (y is down).
+  """
   h, w = fl.shape[:2]
   dx, dy = float(np.median(fl[..., 0])), float(np.median(fl[..., 1]))
   gx, gy = np.meshgrid(np.arange(w) - (w - 1) / 2, np.arange(h) - (h - 1) / 2)
-  radial = (fl[..., 0] * gx + fl[..., 1] * gy) / np.maximum(
-      np.hypot(gx, gy), 1.0)
-  div = float(np.median(radial)) * 2  # Edge-to-centre scale change, in px.
-  scores = {"pan_left": dx, "pan_right": -dx, "pan_up": dy,
-            "pan_down": -dy, "zoom_in": div, "zoom_out": -div}
-  best = max(scores, key=scores.get)
-  return best if scores[best] > threshold else "static"
+  z = gx + 1j * gy
+  far = np.abs(z) >= 2  # Near the centre a ratio is noise.
+  ratio = (z + (fl[..., 0] - dx) + 1j * (fl[..., 1] - dy))[far] / z[far]
+  r = float(np.median(np.abs(z[far])))
+  div = 2 * r * (float(np.median(np.abs(ratio))) - 1)
+  curl = 2 * r * float(np.median(np.angle(ratio)))  # Clockwise on screen.
+  return {"pan_left": dx, "pan_right": -dx, "pan_up": dy, "pan_down": -dy,
+          "zoom_in": div, "zoom_out": -div, "rotate_cw": -curl,
+          "rotate_ccw": curl}
+
+
+def classify_camera(scores: dict[str, float], threshold: float = 0.75,
+                    combined: bool = False) -> str:
+  """The strongest motion above ``threshold`` px ("static" if none), or with
+  ``combined`` every axis's motion above it, joined by "+"."""
+  if not combined:
+    best = max(scores, key=scores.get)
+    return best if scores[best] > threshold else "static"
+  parts = [max(axis, key=scores.get) for axis in CAMERA_AXES]
+  return "+".join(p for p in parts if scores[p] > threshold) or "static"
+
+
+def camera_class(frames_a: np.ndarray, frames_b: np.ndarray,
+                 threshold: float = 0.75, combined: bool = False) -> str:
+  """Camera motion a -> b read from the global flow: static, pan_* (the
+  camera's direction, opposite to the content's), zoom_in/out or
+  rotate_cw/ccw; with ``combined``, e.g. "pan_left+zoom_in"."""
+  return classify_camera(camera_scores(flow(frames_a, frames_b)), threshold,
+                         combined)
 
 
 # --- Prompt adherence: objects tracked by colour ---------------------------

@@ -18,10 +18,12 @@ def examples(builder, split):
 
 
 def test_features_shapes_and_pixels(builder):
+  r = builder.builder_config.resolution
+  assert r == 64  # The tiny config: TAEF2's 8x8 latents.
   ex = examples(builder, "train")
   assert len(ex) == 32 and len(examples(builder, "test")) == 8
   for e in ex:
-    assert e["video"].shape == (17, 32, 32, 3) and e["video"].dtype == np.uint8
+    assert e["video"].shape == (17, r, r, 3) and e["video"].dtype == np.uint8
     assert e["video"].std() > 10, "frames must show a photograph"
     assert e["object_positions"].shape == (17, 3, 2)
     assert e["camera"].shape == (17, 3)
@@ -37,6 +39,7 @@ def test_features_shapes_and_pixels(builder):
 def test_positions_match_pixels_and_motion(builder):
   """A present object's colour is at its stored position, and it moves in
   its stored direction."""
+  r = builder.builder_config.resolution
   checked = 0
   for e in examples(builder, "train"):
     n = int(e["num_objects"])
@@ -47,7 +50,7 @@ def test_positions_match_pixels_and_motion(builder):
         others = [e["object_positions"][t, j] for j in range(i + 1, n)]
         if any(np.hypot(*(np.asarray(o) - (x, y))) < 0.3 for o in others):
           continue
-        px = e["video"][t, int(y * 32), int(x * 32)].astype(int)
+        px = e["video"][t, int(y * r), int(x * r)].astype(int)
         assert np.abs(px - e["object_rgb"][i]).max() < 40, (px, e["caption"])
         checked += 1
       delta = e["object_positions"][-1, i] - e["object_positions"][0, i]

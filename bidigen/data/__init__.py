@@ -5,16 +5,19 @@ import os
 from bidigen.data import pipeline
 
 make_loader = pipeline.make_loader
-NAMES = ("bidigen_synthetic", "webvid", "video_folder")
+NAMES = ("bidigen_synthetic", "camera_photos", "webvid", "video_folder")
 
 
 def get_builder(data_config, prepare: bool = False):
   """The TFDS builder for ``data_config``.
 
   The synthetic data is procedural, so it is generated on first use when
-  ``prepare`` is set. Real video is built from ``data_config.manual_dir``
-  when ``prepare`` is set; its absence is a one-line error that says where it
-  must be and how to prepare it.
+  ``prepare`` is set. The camera clips over photographs are generated on
+  first use whatever ``prepare`` says (``--mode=encode`` asks for prepared
+  data only from the synthetic set), with frames of the clips in
+  ``data_config.manual_dir`` when it is set. Real video is built from
+  ``data_config.manual_dir`` when ``prepare`` is set; its absence is a
+  one-line error that says where it must be and how to prepare it.
   """
   data_dir = os.path.expanduser(data_config.data_dir)
   if data_config.name == "bidigen_synthetic":
@@ -28,6 +31,10 @@ def get_builder(data_config, prepare: bool = False):
         file_format="array_record")
     pipeline.require_prepared(builder)
     return builder
+  if data_config.name == "camera_photos":
+    from bidigen.data import camera  # pylint: disable=g-import-not-at-top
+    return camera.build(data_dir, data_config.builder_config,
+                        os.path.expanduser(data_config.manual_dir or ""))
   if data_config.name in ("webvid", "video_folder"):
     return _video_builder(data_config, data_dir, prepare)
   raise ValueError(f"unknown dataset config.data.name={data_config.name!r}; "

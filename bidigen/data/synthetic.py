@@ -78,6 +78,8 @@ def load_photo(name: str) -> np.ndarray:
     im = load_sample_image(f"{name}.jpg")
   elif name == "hubble":
     im = skimage.data.hubble_deep_field()
+  elif name == "motorcycle":
+    im = skimage.data.stereo_motorcycle()[0]  # The left view.
   else:
     im = getattr(skimage.data, name)()
   if im.ndim == 2:
