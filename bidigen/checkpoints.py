@@ -51,15 +51,22 @@ def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
 def restore_for_sampling(workdir: str):
   """(config, sampling params) from the latest checkpoint of a workdir.
 
-  Reads the state as saved, with no trainer, optimizer or text encoder to
-  rebuild its structure, and keeps only the EMA weights.
+  Reads the state's structure from the checkpoint's metadata, with no
+  trainer, optimizer or text encoder to rebuild it, onto this process's
+  first device: a run trained on 8 devices (or a pod) samples on one.
+  Keeps only the EMA weights.
   """
   mngr = manager(workdir)
   step = mngr.latest_step()
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  tree = ocp.StandardCheckpointer().metadata(
+      os.path.join(mngr.directory, str(step), "state")).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), tree)
   restored = mngr.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore(), state=ocp.args.StandardRestore()))
+      config=ocp.args.JsonRestore(), state=ocp.args.StandardRestore(target)))
   config = ml_collections.ConfigDict(restored["config"])
   return config, {"unet": jax.tree.map(np.asarray, restored["state"]["ema"])}
 

@@ -282,10 +282,28 @@ def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
                                        for e in warp.reshape(
                                            -1, warp.shape[-1])]))
   # Adherence only where the prompt is all the model has about motion.
-  if (clips is not None and "object_positions" in clips[0]
-      and list(known) == [0]):
-    out.update(adherence(gen, truth, offsets, clips))
+  if clips is not None and list(known) == [0]:
+    if "object_positions" in clips[0]:
+      out.update(adherence(gen, truth, offsets, clips))
+    elif "camera" in clips[0] and "motion" in clips[0]:
+      out.update(camera_adherence(gen, offsets, clips))
   return out
+
+
+def camera_adherence(gen, offsets, clips) -> dict:
+  """Camera-motion photo clips: the motion read from the generated frames'
+  flow (first -> last, pans, zooms, rolls and their combinations) against
+  the one the stored camera parameters give over the same frames."""
+  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
+  res = gen.shape[-2]
+  centre = clips[0]["video"].shape[0] // 2
+  a, b = centre + offsets[0], centre + offsets[-1]
+  hits = []
+  for ex, per in zip(clips, gen):
+    want = camera.motion_class(np.asarray(ex["camera"]), res, a, b)
+    hits += [metrics.camera_class(x[0], x[-1], combined=True) == want
+             for x in per]
+  return {"camera_accuracy": float(np.mean(hits))}
 
 
 def adherence(gen, truth, offsets, clips) -> dict:
@@ -389,6 +407,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   seeds = [config.seed * 100_003 + i for i in range(len(clips) * s)]
   rep = lambda a: np.repeat(np.asarray(a), s, axis=0)
   synthetic_data = "object_positions" in clips[0]
+  camera_data = "camera" in clips[0] and "motion" in clips[0]
+  labelled = clips if synthetic_data or camera_data else None
 
   print(f"evaluate: {len(clips)} clips x {s} samples, {steps} steps, "
         f"guidance {guidance}", flush=True)
@@ -413,6 +433,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     if name == "bidirectional" and synthetic_data:
       variants["model_paraphrase"] = [paraphrase(c, i)
                                       for i, c in enumerate(clips)]
+    elif name == "bidirectional" and camera_data:
+      variants["model_paraphrase"] = [str(c["paraphrase"]) for c in clips]
     for variant, prompts in variants.items():
       out = runner.run(inputs, rep(prompts), seeds, offsets, known,
                        label=f"{name}/{variant}")
@@ -426,8 +448,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
       results["linear_flow"] = _linear_flow(truth, offsets, known)[:, None]
     truth_features = fvd_fn(truth) if fvd_fn is not None else None
     for variant, g in results.items():
-      rows[variant] = score(g, truth, offsets, known,
-                            clips if synthetic_data else None, lpips_fn,
+      rows[variant] = score(g, truth, offsets, known, labelled, lpips_fn,
                             fvd_fn, truth_features)
       if feature_fn is not None:
         rows[variant]["classifier_frechet"] = metrics.frechet_distance(
@@ -450,14 +471,12 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
                          label=f"rollout/{variant}")
     g = out.reshape((len(clips), s) + out.shape[1:])
-    rows[variant] = score(g, truth, offsets, [0],
-                          clips if synthetic_data else None, lpips_fn,
+    rows[variant] = score(g, truth, offsets, [0], labelled, lpips_fn,
                           fvd_rollout, truth_features)
     if variant == "model":
       sheets["rollout"] = (truth, g[:, 0], offsets)
   copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
-  rows["copy_f0"] = score(copy, truth, offsets, [0],
-                          clips if synthetic_data else None, lpips_fn,
+  rows["copy_f0"] = score(copy, truth, offsets, [0], labelled, lpips_fn,
                           fvd_rollout, truth_features)
   report["tasks"]["rollout"] = rows
 

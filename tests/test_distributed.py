@@ -20,6 +20,7 @@ import pytest
 from bidigen import sharding
 from bidigen import train
 from bidigen.data import pipeline
+from tests.conftest import tiny_text_encoder
 from tests.test_cli import ROOT
 from tests.test_train import read_metrics
 
@@ -62,7 +63,8 @@ def start(tmp_path_factory, data_dir):
         [sys.executable, "-m", "bidigen.main", "--mode=train",
          f"--config={config}", f"--workdir={workdir}",
          f"--config.data.data_dir={data_dir}",
-         f"--config.train.num_steps={STEPS}", *flags],
+         f"--config.train.num_steps={STEPS}",
+         f"--config.model.text.path={tiny_text_encoder()}", *flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
                  f"{devices}"))
