@@ -11,20 +11,10 @@ and SOURCES.tsv when --config.data.manual_dir names one), encode, train:
 Variants: ``:tiny`` (64px, 24 + 8 clips, synthetic's tiny model) for tests.
 """
 
-import importlib.util
-import os
 
 import ml_collections
 
-
-def _synthetic():
-  """configs/synthetic.py, loaded by path so any working directory works."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "synthetic.py")
-  spec = importlib.util.spec_from_file_location("bidigen_synthetic_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+import bidigen
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("default", "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/camera.py; "
                      "known: default, tiny")
-  c = _synthetic().get_config(variant)
+  c = bidigen.sibling_config(__file__, "synthetic", variant)
   c.data.name = "camera_photos"
   # A folder of clips (captions.csv, SOURCES.tsv) whose `train` clips lend
   # frames as photographs; empty: the libraries' photographs alone.

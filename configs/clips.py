@@ -23,23 +23,15 @@ The ``:tiny`` variant is the synthetic ``:tiny`` model on the same videos
 at 64px (8x8x32 latents), one clip per video: a quick end-to-end check.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+import bidigen
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 CLIPS_DIR = os.path.normpath(os.path.join(_HERE, "..", "..", "shared",
                                           "data", "clips"))
-
-
-def _synthetic():
-  """configs/synthetic.py, loaded by path so any working directory works."""
-  path = os.path.join(_HERE, "synthetic.py")
-  spec = importlib.util.spec_from_file_location("bidigen_synthetic_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -48,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of configs/clips.py; "
                      "known: default, tiny")
   tiny = variant == "tiny"
-  c = _synthetic().get_config(variant)
+  c = bidigen.sibling_config(__file__, "synthetic", variant)
   c.data = dict(
       name="video_folder",
       data_dir="~/tensorflow_datasets",

@@ -16,20 +16,11 @@ Variants: ``:runlocal`` keeps the recipe's shapes but a small batch and few
 steps, to check a machine end to end before a long run.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _synthetic():
-  """configs/synthetic.py, loaded by path so any working directory works."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "synthetic.py")
-  spec = importlib.util.spec_from_file_location("bidigen_synthetic_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+import bidigen
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -37,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("default", "runlocal"):
     raise ValueError(f"unknown variant {variant!r} of configs/webvid.py; "
                      "known: default, runlocal")
-  c = _synthetic().get_config()
+  c = bidigen.sibling_config(__file__, "synthetic")
   # name="video_folder" reads any folder of videos with a captions.csv
   # (path,caption) instead; layouts in bidigen/data/videos.py.
   c.data = dict(

@@ -483,3 +483,29 @@ def test_encode_never_replaces_a_folder_it_did_not_write(tmp_path, data_dir,
   with pytest.raises(ValueError, match="not a latent cache .*notes.txt"):
     latents.encode(config)
   assert os.listdir(config.data.latents_dir) == ["notes.txt"]
+
+
+def test_mixture_config_sources_follow_the_top_level(tmp_path):
+  """configs/mixture.py through the flags a user passes: three sources with
+  their weights; data_dir set once reaches each source's."""
+  proc = run_main("--config=configs/mixture.py", "--mode=encode",
+                  f"--config.data.data_dir={tmp_path}/nope",
+                  "--config.data.sources.synthetic.weight=0",
+                  "--config.data.sources.camera.weight=0",
+                  "--config.data.sources.clips.manual_dir="
+                  f"{tmp_path}/no_clips")
+  # Only the clips source is left, and it says where its videos are missing.
+  assert proc.returncode != 0
+  assert f"{tmp_path}/no_clips" in proc.stderr.splitlines()[-1], proc.stderr
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "mixture_cfg", os.path.join(ROOT, "configs", "mixture.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.data_dir = str(tmp_path)
+  srcs = latents.sources(config.data)
+  assert {k: w for k, (_, w) in srcs.items()} == module.WEIGHTS
+  assert {s.data_dir for s, _ in srcs.values()} == {str(tmp_path)}
+  assert srcs["camera"][0].manual_dir == srcs["clips"][0].manual_dir
+  assert config.model.text.max_length == 64 and config.eval.data == "clips"

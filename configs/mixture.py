@@ -1,0 +1,56 @@
+"""Synthetic objects, camera motion over real photographs and real clips,
+mixed: the recipe for a default model that works on real photographs.
+
+Each source is its own config's data section (configs/synthetic.py,
+configs/camera.py, configs/clips.py), encoded into its own latent cache;
+training draws from them with ``weight`` (grain's mixing, deterministic
+given the seed) and normalises by their pooled latent statistics. The
+model is synthetic's with camera's 64-token captions. Evaluation reads one
+source's test split, ``eval.data`` (the real clips by default):
+  python -m bidigen.main --config=configs/mixture.py --mode=prepare
+  python -m bidigen.main --config=configs/mixture.py --mode=encode
+  python -m bidigen.main --config=configs/mixture.py --mode=train \
+      --workdir=workdirs/mixture
+  python -m bidigen.main --config=configs/mixture.py --mode=evaluate \
+      --workdir=workdirs/mixture_eval --checkpoint=workdirs/mixture \
+      [--config.eval.data=camera]
+``--config.data.data_dir`` (and resolution, num_frames) set every source's;
+``--config.data.sources.clips.weight=0`` leaves a source out. ``:tiny`` is
+the same mixture at 64px with synthetic's tiny model.
+"""
+
+import ml_collections
+
+import bidigen
+
+SOURCES = ("synthetic", "camera", "clips")
+# Shares of training clips: the real motion of the clips and the camera
+# motion of photographs most, the synthetic objects (what teaches object
+# prompts) the rest.
+WEIGHTS = {"synthetic": 0.3, "camera": 0.35, "clips": 0.35}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in ("default", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/mixture.py; "
+                     "known: default, tiny")
+  parts = {name: bidigen.sibling_config(__file__, name, variant)
+           for name in SOURCES}
+  sections = {name: parts[name].data.to_dict() for name in SOURCES}
+  # Frames of the clips' `train` videos join the photographs.
+  sections["camera"]["manual_dir"] = sections["clips"]["manual_dir"]
+  c = parts["camera"]  # Synthetic's model and training, 64-token captions.
+  c.data = ml_collections.ConfigDict(dict(
+      name="mixture", data_dir="~/tensorflow_datasets",
+      resolution=parts["clips"].data.resolution, num_frames=17,
+      latents_dir="", encode_clips=0))
+  c.data.sources = ml_collections.ConfigDict()
+  for name in SOURCES:
+    section = ml_collections.ConfigDict(sections[name])
+    section.weight = WEIGHTS[name]
+    for key in ("data_dir", "resolution", "num_frames"):
+      section[key] = c.data.get_ref(key)
+    c.data.sources[name] = section
+  c.eval.data = "clips"
+  return c
