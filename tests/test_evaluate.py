@@ -139,6 +139,16 @@ def test_evaluate_refuses_a_workdir_report_it_did_not_write(tmp_path,
   assert sorted(os.listdir(tmp_path)) == ["report.md"]
 
 
+def test_evaluate_names_an_unknown_task(tmp_path, tiny_config):
+  from bidigen import evaluate
+  config = tiny_config.copy_and_resolve_references()
+  config.eval.tasks = ("bidirectional", "sideways")
+  with pytest.raises(ValueError, match="unknown sideways; known: "
+                     "bidirectional, forward"):
+    evaluate.evaluate(config, str(tmp_path / "eval"))
+  assert not os.path.exists(tmp_path / "eval")
+
+
 def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_config):
   from bidigen import train
   data_dir = tiny_data
