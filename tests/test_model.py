@@ -1,6 +1,7 @@
 """Shapes and invariants of the UNet, the latent space and diffusion
 masks (TAEF2's own tests, on photographs, are in tests/test_pretrained.py)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +153,40 @@ def test_loss_noises_unknown_frames_and_targets_v():
   a, s = schedule(level[:, 3:, None, None, None])
   eps = (z[:, 3:] - a * np.asarray(x0)[:, 3:]) / s
   assert abs(eps.mean()) < 0.1 and abs(eps.std() - 1) < 0.1
+
+
+@pytest.mark.parametrize("case", ["self_with_bias", "cross_with_mask"])
+def test_attention_matches_softmax_of_the_logits(case):
+  """blocks.Attention (jax.nn.dot_product_attention) against the textbook
+  softmax(q k^T / sqrt(d) + bias) v with masked keys, written out here, on
+  a [B, H, W, T, C] input like the temporal transformer's."""
+  from bidigen.models import blocks
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 3, 2, 5, 8)), jnp.float32)
+  kw, ctx = {}, x
+  if case == "self_with_bias":
+    kw["bias"] = jnp.asarray(rng.normal(size=(2, 5, 5)), jnp.float32)
+  else:
+    ctx = jnp.asarray(rng.normal(size=(2, 3, 2, 4, 8)), jnp.float32)
+    kw["context"] = ctx
+    kw["context_mask"] = jnp.asarray([[1, 1, 0, 1], [1, 0, 0, 0]],
+                                     jnp.float32)[:, None, None]
+  attn = blocks.Attention(num_heads=2)
+  params = attn.init(jax.random.key(0), x, **kw)
+  params = jax.tree.map(  # The zero-initialised output would hide errors.
+      lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+  got = attn.apply(params, x, **kw)
+  p = nn.unbox(params)["params"]
+  lin = lambda name, t: t @ p[name]["kernel"] + p[name]["bias"]
+  heads = lambda t: t.reshape(t.shape[:-1] + (2, 4))
+  q, k, v = (heads(lin(n, t)) for n, t in (("query", x), ("key", ctx),
+                                            ("value", ctx)))
+  logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / 2.0
+  if "bias" in kw:
+    logits = logits + kw["bias"]
+  if "context_mask" in kw:
+    logits = jnp.where(kw["context_mask"][..., None, None, :] > 0, logits,
+                       -1e30)
+  out = jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(logits, -1), v)
+  want = lin("out", out.reshape(out.shape[:-2] + (8,)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -63,17 +63,21 @@ class Attention(nn.Module):
     q = dense(width, name="query")(x)
     k = dense(width, name="key")(context)
     v = dense(width, name="value")(context)
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head))
-    q, k, v = split(q), split(k), split(v)
-    logits = jnp.einsum("...qhd,...khd->...hqk", q, k) / jnp.sqrt(head)
-    if bias is not None:
-      logits = logits + bias
+    split = lambda t: t.reshape((-1,) + t.shape[-2:-1] + (self.num_heads,
+                                                          head))
+    lead = x.shape[:-2]  # Attention runs over axis -2; the rest is batch.
+    mask = None
     if context_mask is not None:
-      keep = context_mask[..., None, None, :] > 0
-      logits = jnp.where(keep, logits, jnp.finfo(logits.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("...hqk,...khd->...qhd", weights, v)
-    out = out.reshape(out.shape[:-2] + (width,))
+      keys = context_mask.shape[-1]
+      mask = jnp.broadcast_to(context_mask > 0, lead + (keys,)).reshape(
+          (-1, 1, 1, keys))
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape)
+    # XLA's attention on CPU and TPU, cuDNN's fused flash attention on GPU
+    # where its conditions hold (jax picks); same numbers as softmax(qk^T)v.
+    out = jax.nn.dot_product_attention(split(q), split(k), split(v),
+                                       bias=bias, mask=mask)
+    out = out.reshape(lead + (out.shape[1], width))
     return nn.Dense(
         width, kernel_init=nn.with_logical_partitioning(
             nn.initializers.zeros, ("mlp", "embed")), name="out")(out)
