@@ -58,7 +58,14 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 def make_mesh(axes: Sequence[tuple[str, int]],
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds a mesh from (name, size) pairs; one size may be -1 (the rest)."""
+  """Builds a mesh from (name, size) pairs; one size may be -1 (the rest).
+
+  ``jax.make_mesh`` orders the devices for the chip's interconnect. On
+  several TPU slices (devices with distinct ``slice_index``) the "data" axis
+  spans the slices over the data-centre network and every other axis stays
+  within a slice (``mesh_utils.create_hybrid_device_mesh``): only gradients'
+  all-reduce crosses slices, the FSDP gathers never do.
+  """
   devices = list(jax.devices() if devices is None else devices)
   names = [name for name, _ in axes]
   sizes = [size for _, size in axes]
@@ -72,7 +79,27 @@ def make_mesh(axes: Sequence[tuple[str, int]],
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"mesh {axes} needs {int(np.prod(sizes))} devices, "
                      f"{len(devices)} are present")
-  return Mesh(np.asarray(devices).reshape(sizes), names)
+  # Auto axes: shardings come from the logical rules, not from types.
+  auto = (jax.sharding.AxisType.Auto,) * len(names)
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices == 1:
+    return jax.make_mesh(sizes, names, auto, devices=devices)
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  ici, dcn = hybrid_shapes(names, sizes, slices)
+  return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices), names,
+              axis_types=auto)
+
+
+def hybrid_shapes(names: Sequence[str], sizes: Sequence[int],
+                  slices: int) -> tuple[list[int], list[int]]:
+  """(within-slice shape, across-slice shape) of a mesh over ``slices``
+  slices: the "data" axis is split across them."""
+  if "data" not in names or sizes[list(names).index("data")] % slices:
+    raise ValueError(f"a mesh over {slices} slices needs a 'data' axis whose "
+                     f"size is a multiple of {slices}; got "
+                     f"{dict(zip(names, sizes))}")
+  dcn = [slices if n == "data" else 1 for n in names]
+  return [s // d for s, d in zip(sizes, dcn)], dcn
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

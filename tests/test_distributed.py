@@ -250,3 +250,19 @@ def test_cluster_detection(monkeypatch):
   monkeypatch.setenv("SLURM_NTASKS", "1")
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
   assert sharding.on_cluster()
+
+
+def test_mesh_from_make_mesh_and_across_slices():
+  """The mesh has the config's shape over every device, with Auto axes (the
+  logical rules shard, not sharding-in-types); over slices the data axis
+  alone crosses them."""
+  mesh = sharding.make_mesh((("data", 2), ("fsdp", -1)))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+  assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(
+      d.id for d in jax.devices())
+  assert sharding.hybrid_shapes(("data", "fsdp"), (8, 16), 4) == (
+      [2, 16], [4, 1])
+  with pytest.raises(ValueError, match="a 'data' axis whose size is a "
+                     "multiple of 4"):
+    sharding.hybrid_shapes(("data", "fsdp"), (2, 16), 4)
