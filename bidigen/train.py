@@ -314,6 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   root = jax.random.key(config.seed)
   pending = []  # Metrics stay on the device until a log step.
   t_log, s_log = time.time(), start
+  waited = 0.0  # Seconds the loop spent waiting for input since the log.
 
   def save(step):
     mngr.save(step, args=args.Composite(
@@ -323,7 +324,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
   with preemption_notice(mngr) as preempted:
     for step in range(start, cfg.num_steps):
+      t_data = time.time()
       raw = next(data_iter)
+      waited += time.time() - t_data
       local = len(raw["latents"])
       batch = sharding.global_batch(mesh, host_batch(
           raw, null_text, null_mask, seed=config.seed, step=step,
@@ -346,15 +349,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
               f"since the last log): stopping; the last good checkpoint is "
               f"step {mngr.latest_step()} in {workdir}")
         rate = (done - s_log) / max(time.time() - t_log, 1e-9)
-        t_log, s_log = time.time(), done
+        wait_ms = 1000 * waited / max(done - s_log, 1)
+        t_log, s_log, waited = time.time(), done, 0.0
         eta = (cfg.num_steps - done) / max(rate, 1e-9)
         if is_main:
           writer.scalars(done, means)
           with open(jsonl, "a") as f:
             f.write(json.dumps(dict(step=done, time=time.time(),
-                                    steps_per_sec=rate, **means)) + "\n")
+                                    steps_per_sec=rate, data_wait_ms=wait_ms,
+                                    **means)) + "\n")
           print(f"step {done}/{cfg.num_steps} loss {means['loss']:.4f}  "
-                f"{rate:.2f} steps/s  ETA "
+                f"{rate:.2f} steps/s  data wait {wait_ms:.0f} ms/step  ETA "
                 f"{time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
       if stop or done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
         save(done)
