@@ -91,6 +91,9 @@ def train_step(state, batch, rng, *, unet, tx, window, max_context,
         unet.apply, params, k_loss, x0, known, anchor, offsets,
         batch["text"], batch["text_mask"], motion_weight, flows, flow_weight)
 
+  # With config.model.dtype=bfloat16 the activations are bf16 but params,
+  # grads and the loss are float32: bf16 has float32's exponent range, so
+  # gradients do not underflow as in float16 and need no loss scaling.
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

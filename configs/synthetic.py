@@ -44,6 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.window = 9          # Frames the UNet sees at once (F-4..F+4).
+  # Activations and matmuls: "float32", or "bfloat16" (mixed precision on
+  # accelerators; parameters and optimizer state stay float32).
+  c.model.dtype = "float32"
+  # Rematerialisation per UNet block: "none", "blocks" (recompute each
+  # block in the backward pass) or "dots" (keep only matmul results).
+  c.model.remat = "none"
   c.model.context_frames = 4  # Known frames carried into each expansion.
   c.model.unet = dict(
       channels=32 if tiny else 64,  # At least the latent's 32 channels.

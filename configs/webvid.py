@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.model.window = 17
   c.model.context_frames = 8
+  # Accelerator recipe: bf16 activations and matmuls (float32 parameters);
+  # each block recomputed but its matmuls in the backward pass.
+  c.model.dtype = "bfloat16"
+  c.model.remat = "dots"
   # TAEF2 latents at 256px: 32x32x32.
   c.model.unet = dict(channels=256, channel_mult=(1, 2, 4),
                       attention_levels=(False, True, True), num_heads=8,

@@ -4,6 +4,8 @@ The autoencoder is not built here: it is TAEF2 (``bidigen.models.taef2``),
 pretrained and frozen, the same for every config.
 """
 
+import jax.numpy as jnp
+
 from bidigen.models import taef2
 from bidigen.models.unet import UNet
 
@@ -14,7 +16,9 @@ def build(model_config) -> UNet:
               channel_mult=tuple(model_config.unet.channel_mult),
               attention_levels=tuple(model_config.unet.attention_levels),
               num_heads=model_config.unet.num_heads,
-              max_offset=model_config.unet.max_offset)
+              max_offset=model_config.unet.max_offset,
+              dtype=jnp.dtype(model_config.get("dtype", "float32")),
+              remat=model_config.get("remat", "none"))
 
 
 def latent_shape(resolution: int) -> tuple[int, int, int]:

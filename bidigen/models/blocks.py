@@ -4,65 +4,74 @@ Kernels carry logical axis names (``nn.with_logical_partitioning``) so the
 mesh rules in the config, not the modules, decide how parameters are sharded.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
-def dense(features: int, axes=("embed", "mlp"), name=None) -> nn.Dense:
+def dense(features: int, axes=("embed", "mlp"), name=None,
+          dtype=None) -> nn.Dense:
+  """``dtype`` is the computation's (bfloat16 for mixed precision);
+  parameters stay float32 for the optimizer."""
   return nn.Dense(
       features,
       kernel_init=nn.with_logical_partitioning(
           nn.initializers.lecun_normal(), axes),
-      name=name)
+      name=name, dtype=dtype)
 
 
 def conv(features: int, kernel: int = 3, stride: int = 1, zero=False,
-         name=None) -> nn.Conv:
+         name=None, dtype=None) -> nn.Conv:
   init = (nn.initializers.zeros if zero
           else nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"))
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),
       kernel_init=nn.with_logical_partitioning(
           init, ("conv_h", "conv_w", "conv_in", "conv_out")),
-      name=name)
+      name=name, dtype=dtype)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=min(8, channels))
+def group_norm(channels: int, dtype=None) -> nn.GroupNorm:
+  # Flax reduces the statistics in float32 whatever ``dtype`` is.
+  return nn.GroupNorm(num_groups=min(8, channels), dtype=dtype)
 
 
 class ResBlock(nn.Module):
   """Pre-norm residual conv block, optionally modulated by an embedding."""
   features: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, emb=None):
-    h = conv(self.features)(nn.swish(group_norm(x.shape[-1])(x)))
+    d = self.dtype
+    h = conv(self.features, dtype=d)(nn.swish(group_norm(x.shape[-1], d)(x)))
     if emb is not None:
-      scale_shift = dense(2 * self.features)(nn.swish(emb))
+      scale_shift = dense(2 * self.features, dtype=d)(nn.swish(emb))
       scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
-      h = group_norm(self.features)(h) * (1 + scale) + shift
+      h = group_norm(self.features, d)(h) * (1 + scale) + shift
     else:
-      h = group_norm(self.features)(h)
-    h = conv(self.features, zero=True)(nn.swish(h))
+      h = group_norm(self.features, d)(h)
+    h = conv(self.features, zero=True, dtype=d)(nn.swish(h))
     if x.shape[-1] != self.features:
-      x = conv(self.features, kernel=1)(x)
+      x = conv(self.features, kernel=1, dtype=d)(x)
     return x + h
 
 
 class Attention(nn.Module):
   """Multi-head attention; ``bias`` is added to the logits (e.g. positions)."""
   num_heads: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, context=None, context_mask=None, bias=None):
     context = x if context is None else context
     width = x.shape[-1]
     head = width // self.num_heads
-    q = dense(width, name="query")(x)
-    k = dense(width, name="key")(context)
-    v = dense(width, name="value")(context)
+    q = dense(width, name="query", dtype=self.dtype)(x)
+    k = dense(width, name="key", dtype=self.dtype)(context)
+    v = dense(width, name="value", dtype=self.dtype)(context)
     split = lambda t: t.reshape((-1,) + t.shape[-2:-1] + (self.num_heads,
                                                           head))
     lead = x.shape[:-2]  # Attention runs over axis -2; the rest is batch.
@@ -73,6 +82,7 @@ class Attention(nn.Module):
           (-1, 1, 1, keys))
     if bias is not None:
       bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape)
+      bias = bias.astype(q.dtype)
     # XLA's attention on CPU and TPU, cuDNN's fused flash attention on GPU
     # where its conditions hold (jax picks); same numbers as softmax(qk^T)v.
     out = jax.nn.dot_product_attention(split(q), split(k), split(v),
@@ -80,32 +90,37 @@ class Attention(nn.Module):
     out = out.reshape(lead + (out.shape[1], width))
     return nn.Dense(
         width, kernel_init=nn.with_logical_partitioning(
-            nn.initializers.zeros, ("mlp", "embed")), name="out")(out)
+            nn.initializers.zeros, ("mlp", "embed")), name="out",
+        dtype=self.dtype)(out)
 
 
 class FeedForward(nn.Module):
   mult: int = 4
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    h = nn.gelu(dense(width * self.mult)(x))
+    h = nn.gelu(dense(width * self.mult, dtype=self.dtype)(x))
     return nn.Dense(
         width, kernel_init=nn.with_logical_partitioning(
-            nn.initializers.zeros, ("mlp", "embed")))(h)
+            nn.initializers.zeros, ("mlp", "embed")), dtype=self.dtype)(h)
 
 
 class SpatialTransformer(nn.Module):
   """Self-attention within a frame, then cross-attention to text tokens."""
   num_heads: int
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, text, text_mask):
     b, h, w, c = x.shape
+    d = self.dtype
+    norm = lambda: nn.LayerNorm(dtype=d)
     t = x.reshape(b, h * w, c)
-    t = t + Attention(self.num_heads, name="self_attn")(nn.LayerNorm()(t))
-    ctx = dense(c, axes=("text", "embed"), name="text_proj")(text)
-    t = t + Attention(self.num_heads, name="cross_attn")(
-        nn.LayerNorm()(t), context=ctx, context_mask=text_mask)
-    t = t + FeedForward()(nn.LayerNorm()(t))
+    t = t + Attention(self.num_heads, d, name="self_attn")(norm()(t))
+    ctx = dense(c, axes=("text", "embed"), name="text_proj", dtype=d)(text)
+    t = t + Attention(self.num_heads, d, name="cross_attn")(
+        norm()(t), context=ctx, context_mask=text_mask)
+    t = t + FeedForward(dtype=d)(norm()(t))
     return t.reshape(b, h, w, c)

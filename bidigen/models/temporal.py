@@ -6,6 +6,8 @@ between two frames (so the same weights extend a clip forwards and backwards),
 and, in the UNet, an embedding of each frame's offset from the anchor F0.
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -15,6 +17,7 @@ from bidigen.models import blocks
 class TemporalTransformer(nn.Module):
   num_heads: int
   max_distance: int = 16
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, num_frames: int):
@@ -29,7 +32,8 @@ class TemporalTransformer(nn.Module):
         "relative_bias", nn.initializers.zeros,
         (2 * self.max_distance + 1, self.num_heads))
     bias = table[dist].transpose(2, 0, 1)  # [heads, T, T]
-    t = t + blocks.Attention(self.num_heads, name="attn")(
-        nn.LayerNorm()(t), bias=bias)
-    t = t + blocks.FeedForward()(nn.LayerNorm()(t))
+    t = t + blocks.Attention(self.num_heads, self.dtype, name="attn")(
+        nn.LayerNorm(dtype=self.dtype)(t), bias=bias)
+    t = t + blocks.FeedForward(dtype=self.dtype)(
+        nn.LayerNorm(dtype=self.dtype)(t))
     return t.transpose(0, 3, 1, 2, 4).reshape(bt, h, w, c)

@@ -6,9 +6,11 @@ clean with noise level 0 and a mask channel; every frame also sees the anchor
 F0 latent, which keeps long expansions tied to the image the user gave.
 """
 
-from typing import Sequence
+import collections
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from bidigen.models import blocks
@@ -23,6 +25,10 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+REMAT = {"none": None, "blocks": None,
+         "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class UNet(nn.Module):
   """Predicts v (the diffusion velocity) for every frame of a window."""
   channels: int = 64
@@ -30,6 +36,21 @@ class UNet(nn.Module):
   attention_levels: Sequence[bool] = (False, True, True)
   num_heads: int = 4
   max_offset: int = 16
+  # Activations' and matmuls' dtype (bfloat16 on accelerators); parameters
+  # are float32 whatever it is.
+  dtype: Any = jnp.float32
+  # What the backward pass recomputes instead of keeping, per block (see
+  # REMAT): "none", "blocks" or "dots" (keeps only matmul results).
+  remat: str = "none"
+
+  def block(self, cls, counts, *args, static=()):
+    """``cls(...)(*args)`` named as Flax would name it unwrapped
+    (ResBlock_3, ...), so checkpoints load whatever ``remat`` is."""
+    name = f"{cls.__name__}_{counts[cls.__name__]}"
+    counts[cls.__name__] += 1
+    if self.remat != "none":
+      cls = nn.remat(cls, policy=REMAT[self.remat], static_argnums=static)
+    return cls, name
 
   @nn.compact
   def __call__(self, x, known, anchor, offsets, noise_level, text, text_mask):
@@ -42,8 +63,18 @@ class UNet(nn.Module):
     rel = jnp.clip(offsets, -self.max_offset, self.max_offset)
     emb = (timestep_embedding(noise_level * 1000.0, self.channels)
            + timestep_embedding(rel * 50.0, self.channels))
-    emb = blocks.dense(emb_dim)(emb)
-    emb = blocks.dense(emb_dim)(nn.swish(emb)).reshape(b * t, emb_dim)
+    d = self.dtype
+    if self.remat not in REMAT:
+      raise ValueError(f"config.model.remat={self.remat!r}; known: "
+                       f"{', '.join(REMAT)}")
+    emb = blocks.dense(emb_dim, dtype=d)(emb)
+    emb = blocks.dense(emb_dim, dtype=d)(nn.swish(emb)).reshape(b * t,
+                                                                emb_dim)
+    counts = collections.Counter()
+
+    def res(width, *args):
+      cls, name = self.block(blocks.ResBlock, counts)
+      return cls(width, d, name=name)(*args)
 
     anchor_t = jnp.broadcast_to(anchor[:, None], x.shape)
     mask = jnp.broadcast_to(known[:, :, None, None, None], (b, t, h, w, 1))
@@ -53,35 +84,36 @@ class UNet(nn.Module):
     text_mask_rep = jnp.repeat(text_mask, t, axis=0)
 
     def mix(hs, width, level):
-      hs = blocks.ResBlock(width)(hs, emb)
+      hs = res(width, hs, emb)
       if self.attention_levels[level]:
-        hs = blocks.SpatialTransformer(self.num_heads)(
-            hs, text_rep, text_mask_rep)
-      return temporal.TemporalTransformer(
-          self.num_heads, max_distance=t)(hs, t)
+        cls, name = self.block(blocks.SpatialTransformer, counts)
+        hs = cls(self.num_heads, d, name=name)(hs, text_rep, text_mask_rep)
+      cls, name = self.block(temporal.TemporalTransformer, counts,
+                             static=(2,))
+      return cls(self.num_heads, max_distance=t, dtype=d, name=name)(hs, t)
 
-    hs = blocks.conv(self.channels)(hs)
+    hs = blocks.conv(self.channels, dtype=d)(hs)
     skips = [hs]
     levels = len(self.channel_mult)
     for level, mult in enumerate(self.channel_mult):
       hs = mix(hs, self.channels * mult, level)
       skips.append(hs)
       if level < levels - 1:
-        hs = blocks.conv(hs.shape[-1], stride=2)(hs)
+        hs = blocks.conv(hs.shape[-1], stride=2, dtype=d)(hs)
         skips.append(hs)
 
     hs = mix(hs, hs.shape[-1], levels - 1)
-    hs = blocks.ResBlock(hs.shape[-1])(hs, emb)
+    hs = res(hs.shape[-1], hs, emb)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       width = self.channels * mult
       hs = mix(jnp.concatenate([hs, skips.pop()], axis=-1), width, level)
-      hs = blocks.ResBlock(width)(
-          jnp.concatenate([hs, skips.pop()], axis=-1), emb)
+      hs = res(width, jnp.concatenate([hs, skips.pop()], axis=-1), emb)
       if level > 0:
         hs = jnp.repeat(jnp.repeat(hs, 2, axis=1), 2, axis=2)
-        hs = blocks.conv(width)(hs)
+        hs = blocks.conv(width, dtype=d)(hs)
 
-    hs = nn.swish(blocks.group_norm(hs.shape[-1])(hs))
-    out = blocks.conv(c, zero=True)(hs)
-    return out.reshape(b, t, h, w, c)
+    hs = nn.swish(blocks.group_norm(hs.shape[-1], d)(hs))
+    out = blocks.conv(c, zero=True, dtype=d)(hs)
+    # The loss and the sampler's arithmetic stay float32.
+    return out.reshape(b, t, h, w, c).astype(jnp.float32)
