@@ -43,6 +43,9 @@ flags.DEFINE_integer("fsdp", 8, "Size of the fsdp axis in the sharded mesh.")
 flags.DEFINE_integer("text_dim", 384, "Text embedding width (MiniLM: 384).")
 flags.DEFINE_integer("chips", 64, "Chips the global batch is spread over in "
                      "the per-chip estimate.")
+flags.DEFINE_list("remat", ["none", "blocks", "dots"],
+                  "Rematerialisation policies whose activation bytes and "
+                  "FLOPs per example are compared (config.model.remat).")
 flags.DEFINE_float("mfu", 0.4, "Assumed fraction of the chip's peak FLOP/s "
                    "reached by the step.")
 FLAGS = flags.FLAGS
@@ -126,8 +129,22 @@ def main(argv) -> None:
   act = two["temp"] - one["temp"]
   fixed = one["temp"] - act
   gib = 2**30
-  print(f"per example: {flops / 1e12:.2f} TFLOP, {act / gib:.2f} GiB of "
-        f"activations; fixed temporaries {fixed / gib:.2f} GiB")
+  print(f"per example ({config.model.get('dtype', 'float32')}, remat "
+        f"{config.model.get('remat', 'none')}): {flops / 1e12:.2f} TFLOP, "
+        f"{act / gib:.2f} GiB of activations; fixed temporaries "
+        f"{fixed / gib:.2f} GiB")
+  dtype = config.model.get("dtype", "float32")
+  print(f"\nrematerialisation (config.model.remat), {dtype}, per example:")
+  print(f"{'policy':<8}{'act GiB':>9}{'vs none':>9}{'TFLOP':>8}{'vs none':>9}")
+  base = None
+  for policy in FLAGS.remat:
+    cfg = config.copy_and_resolve_references()
+    cfg.model.remat = policy
+    a, b2 = (step_costs(cfg, b, FLAGS.text_dim) for b in (1, 2))
+    row = (b2["temp"] - a["temp"], b2["flops"] - a["flops"])
+    base = base or row
+    print(f"{policy:<8}{row[0] / gib:>9.3f}{row[0] / base[0]:>9.2f}"
+          f"{row[1] / 1e12:>8.3f}{row[1] / base[1]:>9.2f}", flush=True)
   batch, chips = config.train.batch_size, FLAGS.chips
   b = batch / chips
   state = totals[1]
