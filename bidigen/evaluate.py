@@ -51,7 +51,7 @@ def window_tasks(window: int, context: int) -> dict:
 
 
 def complete(params, frames, keys, text, text_mask, null, null_mask, *,
-             unet, offsets, known, steps, guidance):
+             unet, offsets, known, steps, guidance, solver="ddim"):
   """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1])."""
   b, w = frames.shape[:2]
   lat = sample.to_latents(params, frames)
@@ -60,7 +60,7 @@ def complete(params, frames, keys, text, text_mask, null, null_mask, *,
   out = diffusion.denoise_window(
       unet.apply, params["unet"], sample.frame_noise(keys, offs, lat.shape[2:]),
       lat, kn, lat[:, offsets.index(0)], offs, text, text_mask, null,
-      null_mask, steps=steps, guidance=guidance)
+      null_mask, steps=steps, guidance=guidance, solver=solver)
   dec = sample.to_frames(params, out)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
@@ -114,8 +114,9 @@ class Evaluator:
   """Runs windows through a loaded model in fixed-size batches."""
 
   def __init__(self, gen: sample.Generator, batch: int, steps: int,
-               guidance: float):
+               guidance: float, solver: str = "ddim"):
     self.gen, self.batch, self.steps, self.guidance = gen, batch, steps, guidance
+    self.solver = solver
     self._fns = {}
 
   def _fn(self, offsets, known):
@@ -124,7 +125,8 @@ class Evaluator:
       mask = [float(o in known) for o in offsets]
       self._fns[key] = jax.jit(functools.partial(
           complete, unet=self.gen.unet, offsets=offsets,
-          known=mask, steps=self.steps, guidance=self.guidance))
+          known=mask, steps=self.steps, guidance=self.guidance,
+          solver=self.solver))
     return self._fns[key]
 
   def run(self, windows, prompts, seeds, offsets, known, label=""):
@@ -155,7 +157,8 @@ class Evaluator:
       keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
       out.append(self.gen(pad(frames0[i:i + n]), p, frames_before=half,
                           frames_after=half, steps=self.steps,
-                          guidance=self.guidance, keys=keys)[:n])
+                          guidance=self.guidance, keys=keys,
+                          solver=self.solver)[:n])
       print(f"  {label}: {i + n}/{len(frames0)} rollouts", flush=True)
     return np.concatenate(out)
 
@@ -407,7 +410,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   if centre < window - 1:
     raise ValueError(f"clips of {n_frames} frames are too short to evaluate a "
                      f"{window}-frame window both ways")
-  runner = Evaluator(gen, ev.batch_size, steps, guidance)
+  solver = ev.get("solver") or mcfg.sample.get("solver", "ddim")
+  runner = Evaluator(gen, ev.batch_size, steps, guidance, solver)
   s = ev.samples_per_clip
   captions = [str(c["caption"]) for c in clips]
   seeds = [config.seed * 100_003 + i for i in range(len(clips) * s)]
@@ -416,8 +420,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   camera_data = "camera" in clips[0] and "motion" in clips[0]
   labelled = clips if synthetic_data or camera_data else None
 
-  print(f"evaluate: {len(clips)} clips x {s} samples, {steps} steps, "
-        f"guidance {guidance}", flush=True)
+  print(f"evaluate: {len(clips)} clips x {s} samples, {steps} {solver} "
+        f"steps, guidance {guidance}", flush=True)
   feature_fn, clf_acc = (None, None)
   if synthetic_data:
     feature_fn, clf_acc = train_classifier(
@@ -428,7 +432,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
 
   report = {"checkpoint": checkpoint or "embedded default model",
             "num_clips": len(clips), "samples_per_clip": s, "steps": steps,
-            "guidance": guidance, "tasks": {}}
+            "guidance": guidance, "solver": solver, "tasks": {}}
   sheets = {}
   for name, (offsets, known) in window_tasks(window, context).items():
     if name not in tasks:
@@ -535,7 +539,7 @@ def _write(workdir, report, sheets, num_sheets):
           "position_error_px", "camera_accuracy", "classifier_frechet", "fvd"]
   md = [f"# bidigen evaluation: {report['checkpoint']}", "",
         f"{report['num_clips']} test clips x {report['samples_per_clip']} "
-        f"samples, {report['steps']} DDIM steps, guidance "
+        f"samples, {report['steps']} {report['solver']} steps, guidance "
         f"{report['guidance']}, {report['seconds']} s.", ""]
   for task, rows in report["tasks"].items():
     used = [c for c in cols if any(r.get(c) is not None for r in rows.values())]

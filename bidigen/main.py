@@ -54,6 +54,9 @@ flags.DEFINE_float("guidance", None, "sample: classifier-free guidance "
                    "scale (default: config.sample.guidance).", lower_bound=0)
 flags.DEFINE_integer("steps", None, "sample: denoising steps (default: "
                      "config.sample.steps).", lower_bound=1)
+flags.DEFINE_enum("solver", None, ["ddim", "dpmpp_2m"], "sample: the ODE "
+                  "solver (default: config.sample.solver; dpmpp_2m is "
+                  "DPM-Solver++(2M), for fewer steps).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of "
                     "process 0, for jax.distributed.initialize.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of "
@@ -99,7 +102,8 @@ def sample(config) -> None:
                  frames_after=FLAGS.frames_after, seed=FLAGS.seed,
                  output=FLAGS.output, overwrite=FLAGS.overwrite,
                  checkpoint=FLAGS.checkpoint,
-                 guidance=FLAGS.guidance, steps=FLAGS.steps)
+                 guidance=FLAGS.guidance, steps=FLAGS.steps,
+                 solver=FLAGS.solver)
 
 
 def prepare(config) -> None:

@@ -74,7 +74,7 @@ def frame_noise(keys, offsets, shape):
 def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
            unet, window: int, context: int, frames_before: int,
            frames_after: int, steps: int, guidance: float,
-           use_scan: bool = True):
+           use_scan: bool = True, solver: str = "ddim"):
   """Generates frames F-N..F+M around each image.
 
   Args: images [B, H, W, 3] in [-1, 1]; keys [B] (one PRNG key per sample);
@@ -86,7 +86,7 @@ def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
       params["unet"], to_latents(params, images), keys, text, text_mask,
       null_text, null_mask, unet=unet, window=window, context=context,
       frames_before=frames_before, frames_after=frames_after, steps=steps,
-      guidance=guidance, use_scan=use_scan)
+      guidance=guidance, use_scan=use_scan, solver=solver)
   frames = to_frames(params, lats)
   frames = frames.at[:, frames_before].set(images)
   return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
@@ -95,7 +95,8 @@ def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
 def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
                    null_mask, *, unet, window: int, context: int,
                    frames_before: int, frames_after: int, steps: int,
-                   guidance: float, use_scan: bool = True):
+                   guidance: float, use_scan: bool = True,
+                   solver: str = "ddim"):
   """The expansion itself, in normalised latent space: anchor [B, h, w, c]
   is F0's latent; returns latents [B, N + 1 + M, h, w, c]. Kept apart from
   the autoencoder so that it can be checked against a model whose answer
@@ -106,7 +107,7 @@ def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
                                   context)
   denoise = functools.partial(
       diffusion.denoise_window, unet.apply, unet_params, steps=steps,
-      guidance=guidance, use_scan=use_scan)
+      guidance=guidance, use_scan=use_scan, solver=solver)
   idx = jnp.arange(window)
 
   # The first window, centred on F0.
@@ -210,9 +211,14 @@ class Generator:
 
   def __call__(self, images: np.ndarray, prompts, *, frames_before: int,
                frames_after: int, seed: int = 0, steps: int | None = None,
-               guidance: float | None = None, keys=None) -> np.ndarray:
+               guidance: float | None = None, keys=None,
+               solver: str | None = None) -> np.ndarray:
     """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3]."""
     steps = self.config.sample.steps if steps is None else steps
+    solver = solver or self.config.sample.get("solver", "ddim")
+    if solver not in diffusion.SOLVERS:
+      raise ValueError(f"solver must be one of {', '.join(diffusion.SOLVERS)}"
+                       f", got {solver!r}")
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
     check_settings(frames_before, frames_after, steps, guidance, seed)
@@ -224,14 +230,14 @@ class Generator:
     b = images.shape[0]
     if len(prompts) != b:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
-    key = (frames_before, frames_after, steps, float(guidance), b)
+    key = (frames_before, frames_after, steps, float(guidance), b, solver)
     if key not in self._compiled:
       self._compiled[key] = make_sampler(
           self.mesh, unet=self.unet, batch=b,
           window=self.config.model.window,
           context=self.config.model.context_frames,
           frames_before=frames_before, frames_after=frames_after,
-          steps=steps, guidance=float(guidance))
+          steps=steps, guidance=float(guidance), solver=solver)
     text, mask = self.encoder.encode(list(prompts))
     null, null_mask = self.encoder.encode([""] * b)
     keys = sample_keys(seed, b) if keys is None else keys
@@ -242,8 +248,9 @@ class Generator:
 
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,
-        overwrite: bool = False, checkpoint: str | None = None, guidance: float | None = None,
-        steps: int | None = None, config=None) -> np.ndarray:
+        overwrite: bool = False, checkpoint: str | None = None,
+        guidance: float | None = None, steps: int | None = None,
+        solver: str | None = None, config=None) -> np.ndarray:
   """The ``--mode=sample`` command: one image in, a video or folder out."""
   import os
   import sys
@@ -269,13 +276,14 @@ def run(*, image: str | None, prompt: str, frames_before: int,
         f"after) at {gen.resolution}px, prompt {prompt!r} ...", flush=True)
   frames = gen(frame0[None], [prompt], frames_before=frames_before,
                frames_after=frames_after, seed=seed, steps=steps,
-               guidance=guidance)[0]
+               guidance=guidance, solver=solver)[0]
   media.write_output(
       frames, -frames_before, output, fps=gen.config.sample.fps,
       overwrite=overwrite,
       info={"image": os.path.abspath(image), "prompt": prompt, "seed": seed,
             "frames_before": frames_before, "frames_after": frames_after,
             "steps": steps or gen.config.sample.steps,
+            "solver": solver or gen.config.sample.get("solver", "ddim"),
             "guidance": (gen.config.sample.guidance if guidance is None
                          else guidance),
             "checkpoint": checkpoint or "embedded default model"})

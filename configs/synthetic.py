@@ -91,8 +91,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       init_from="",
   )
 
+  # solver: "ddim", or "dpmpp_2m" (DPM-Solver++(2M), second order: fewer
+  # steps for the same result; --mode=evaluate with eval.solver/eval.steps
+  # measures the two on the same clips).
   c.sample = dict(steps=4 if tiny else 25, guidance=3.0, frames_before=4,
-                  frames_after=4, fps=8)
+                  frames_after=4, fps=8, solver="ddim")
 
   # --mode=evaluate: the first num_clips test clips, samples_per_clip samples
   # each (mean and best-of-samples). steps/guidance None: the model's own.
@@ -102,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       batch_size=4 if tiny else 8,
       steps=ml_collections.config_dict.placeholder(int),
       guidance=ml_collections.config_dict.placeholder(float),
+      solver=ml_collections.config_dict.placeholder(str),
       num_sheets=2 if tiny else 4,
       classifier_steps=10 if tiny else 600,
       # LPIPS network: "alexnet" (what papers report), "vgg16", a VGG16 .npz

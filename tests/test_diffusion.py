@@ -127,3 +127,51 @@ def test_frame_noise_depends_only_on_key_and_offset():
   c = np.asarray(sample.frame_noise(keys1, jnp.asarray(
       [[-2, -1, 0, 1, 2]] * 3), shape))
   assert not np.allclose(a, c)
+
+
+def test_dpm_solver_follows_the_gaussian_flow_closer_in_few_steps():
+  """On N(mu, s^2) data the probability-flow ODE maps noise z_1 to
+  mu + s / sqrt(a_1^2 s^2 + sigma_1^2) (z_1 - a_1 mu) exactly.
+  DPM-Solver++(2M) must land closer to it than DDIM in 8, 16 and 32 steps,
+  by a margin that grows with the steps (second order against first;
+  measured errors 0.21 / 0.29, 0.043 / 0.154, 0.005 / 0.079): the first
+  step from pure noise and the last to t = 0 are first order in both, and
+  dominate at 8. It gives back x0 exactly when the model knows it."""
+  mu, s = 0.7, 0.3
+  inp = window_inputs(b=4, t=5, shape=(4, 4, 2))
+
+  def gaussian(params, z, known, anchor, offsets, level, text, text_mask):
+    del params, known, anchor, offsets, text, text_mask
+    t = jnp.clip(level, 0.0, 0.9999)[..., None, None, None]
+    a, sig = jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
+    x0 = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * mu)
+    return v_from_x0(z, x0, level)
+
+  a1, s1 = schedule(np.array(1.0))
+  unknown = np.asarray(inp["known"]) == 0
+  noise = np.asarray(inp["noise"], np.float64)[unknown]
+  exact = mu + s / np.sqrt(a1 ** 2 * s ** 2 + s1 ** 2) * (noise - a1 * mu)
+  err = {}
+  for steps in (8, 16, 32):
+    for solver in diffusion.SOLVERS:
+      out = np.asarray(diffusion.denoise_window(
+          gaussian, None, steps=steps, guidance=1.0, solver=solver, **inp))
+      err[solver, steps] = np.abs(out[unknown] - exact).max()
+      np.testing.assert_array_equal(out[~unknown],
+                                    np.asarray(inp["context"])[~unknown])
+  for steps, ratio in ((8, 0.8), (16, 0.35), (32, 0.1)):
+    assert err["dpmpp_2m", steps] < ratio * err["ddim", steps], err
+
+  x0 = jnp.asarray(np.random.default_rng(2).normal(
+      size=inp["noise"].shape), jnp.float32)
+  known_x0 = lambda p, z, k, an, o, level, tx, m: v_from_x0(
+      z, jnp.concatenate([x0, x0]), level)
+  for use_scan in (True, False):
+    out = np.asarray(diffusion.denoise_window(
+        known_x0, None, steps=5, guidance=1.0, solver="dpmpp_2m",
+        use_scan=use_scan, **inp))
+    np.testing.assert_allclose(out[unknown], np.asarray(x0)[unknown],
+                               atol=2e-4)
+  with pytest.raises(ValueError, match="solver 'euler'; known: ddim"):
+    diffusion.denoise_window(gaussian, None, steps=2, guidance=1.0,
+                             solver="euler", **inp)

@@ -79,12 +79,15 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   folder = str(tmp_path / "frames")
   proc = run_main("--mode=sample", f"--image={image}", "--prompt=",
                   "--frames_before=2", "--frames_after=6", "--seed=3",
-                  f"--output={folder}", f"--checkpoint={wd}")
+                  "--solver=dpmpp_2m", f"--output={folder}",
+                  f"--checkpoint={wd}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   names = sorted(os.listdir(folder))
   expected = [f"frame_{o:+04d}.png" for o in range(-2, 7)]
   assert names == sorted(expected + ["contact_sheet.png", ".bidigen.json"])
   assert "frame_-002.png" in names and "frame_+006.png" in names
+  with open(os.path.join(folder, ".bidigen.json")) as f:
+    assert json.load(f)["solver"] == "dpmpp_2m"
 
   exported = str(tmp_path / "model")
   proc = run_main("--config=configs/synthetic.py:tiny", "--mode=export",
@@ -93,7 +96,8 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   again = str(tmp_path / "frames_exported")
   proc = run_main("--mode=sample", f"--image={image}", "--prompt=",
                   "--frames_before=2", "--frames_after=6", "--seed=3",
-                  f"--output={again}", f"--checkpoint={exported}")
+                  "--solver=dpmpp_2m", f"--output={again}",
+                  f"--checkpoint={exported}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in expected:
     np.testing.assert_array_equal(iio.imread(os.path.join(folder, name)),
