@@ -42,6 +42,18 @@ def plan(frames_before: int, frames_after: int, window: int, context: int):
   return half, new, steps, half + steps * new
 
 
+def bucket(frames_before: int, frames_after: int, window: int,
+           context: int) -> int:
+  """Frames per side that one compiled sampler serves for this request:
+  the expansion steps rounded up to a power of two (0, 1, 2, 4, ...), so
+  that lengths within a bucket reuse one program. Noise is drawn per frame
+  offset, so the frames of the requested range are the same as without the
+  bucket; the extra ones are cut off."""
+  half, new, steps, _ = plan(frames_before, frames_after, window, context)
+  steps = 0 if steps == 0 else 1 << (steps - 1).bit_length()
+  return half + steps * new
+
+
 def to_latents(params, images):
   """Frames [..., R, R, 3] in [-1, 1] -> normalised latents, as trained."""
   z = taef2.encode(params["autoencoder"], (images + 1.0) / 2.0)
@@ -230,20 +242,22 @@ class Generator:
     b = images.shape[0]
     if len(prompts) != b:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
-    key = (frames_before, frames_after, steps, float(guidance), b, solver)
+    window = self.config.model.window
+    context = self.config.model.context_frames
+    side = bucket(frames_before, frames_after, window, context)
+    key = (side, steps, float(guidance), b, solver)
     if key not in self._compiled:
       self._compiled[key] = make_sampler(
-          self.mesh, unet=self.unet, batch=b,
-          window=self.config.model.window,
-          context=self.config.model.context_frames,
-          frames_before=frames_before, frames_after=frames_after,
-          steps=steps, guidance=float(guidance), solver=solver)
+          self.mesh, unet=self.unet, batch=b, window=window, context=context,
+          frames_before=side, frames_after=side, steps=steps,
+          guidance=float(guidance), solver=solver)
     text, mask = self.encoder.encode(list(prompts))
     null, null_mask = self.encoder.encode([""] * b)
     keys = sample_keys(seed, b) if keys is None else keys
     x = images.astype(np.float32) / 127.5 - 1.0
-    return np.asarray(self._compiled[key](
+    frames = np.asarray(self._compiled[key](
         self.params, x, keys, text, mask, null, null_mask))
+    return frames[:, side - frames_before:side + frames_after + 1]
 
 
 def run(*, image: str | None, prompt: str, frames_before: int,

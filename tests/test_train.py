@@ -515,3 +515,36 @@ def test_mixture_config_sources_follow_the_top_level(tmp_path):
   assert {s.data_dir for s, _ in srcs.values()} == {str(tmp_path)}
   assert srcs["camera"][0].manual_dir == srcs["clips"][0].manual_dir
   assert config.model.text.max_length == 64 and config.eval.data == "clips"
+
+
+def test_generator_compiles_once_per_length_bucket(straight_run):
+  """Frame counts within a bucket (expansion steps rounded up to a power of
+  two) reuse one compiled sampler, and give the frames an exact-length
+  program gives."""
+  from bidigen import sample
+  _, wd = straight_run
+  gen = sample.Generator(wd)
+  image = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3),
+                                            dtype=np.uint8)
+  run = lambda before, after: gen(image, ["a red ball moves left"],
+                                  frames_before=before, frames_after=after,
+                                  seed=1, steps=2)
+  a, b = run(2, 3), run(4, 4)  # No expansion step: the 9-frame bucket.
+  assert a.shape[1] == 6 and b.shape[1] == 9 and len(gen._compiled) == 1
+  np.testing.assert_array_equal(a, b[:, 2:8])
+  c, d = run(9, 5), run(6, 9)  # One expansion step each.
+  assert len(gen._compiled) == 2
+  assert all(f._cache_size() == 1 for f in gen._compiled.values())
+  np.testing.assert_array_equal(c[:, 3:], d[:, :12])
+  cfg = gen.config
+  exact = sample.make_sampler(
+      gen.mesh, unet=gen.unet, batch=1, window=cfg.model.window,
+      context=cfg.model.context_frames, frames_before=9, frames_after=5,
+      steps=2, guidance=float(cfg.sample.guidance))
+  text, mask = gen.encoder.encode(["a red ball moves left"])
+  null, null_mask = gen.encoder.encode([""])
+  want = np.asarray(exact(gen.params, image.astype(np.float32) / 127.5 - 1,
+                          sample.sample_keys(1, 1), text, mask, null,
+                          null_mask), int)
+  assert want.shape == c.shape
+  assert np.abs(want - c.astype(int)).max() <= 1
