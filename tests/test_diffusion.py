@@ -25,6 +25,18 @@ def v_from_x0(z, x0, level):
   return jnp.where(s > 0, (a * z - x0) / jnp.maximum(s, 1e-12), 0.0)
 
 
+def gaussian_v(mu: float, s: float):
+  """The optimal v-predictor for data x0 ~ N(mu, s^2) per element:
+  E[x0 | z] = mu + a s^2 / (a^2 s^2 + sigma^2) (z - a mu)."""
+  def apply_fn(params, z, known, anchor, offsets, level, text, text_mask):
+    del params, known, anchor, offsets, text, text_mask
+    t = jnp.clip(level, 0.0, 0.9999)[..., None, None, None]
+    a, sig = jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
+    x0 = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * mu)
+    return v_from_x0(z, x0, level)
+  return apply_fn
+
+
 def window_inputs(b=3, t=5, shape=(4, 4, 2), seed=0):
   rng = np.random.default_rng(seed)
   f = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
@@ -75,15 +87,8 @@ def test_ddim_on_gaussian_data_follows_the_probability_flow():
   mu, s, steps = 0.7, 0.3, 200
   inp = window_inputs(b=16, t=5, shape=(8, 8, 4))
 
-  def apply_fn(params, z, known, anchor, offsets, level, text, text_mask):
-    del params, known, anchor, offsets, text, text_mask
-    t = jnp.clip(level, 0.0, 0.9999)[..., None, None, None]
-    a, sig = jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
-    x0 = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * mu)
-    return v_from_x0(z, x0, level)
-
   out = np.asarray(diffusion.denoise_window(
-      apply_fn, None, steps=steps, guidance=1.0, **inp))
+      gaussian_v(mu, s), None, steps=steps, guidance=1.0, **inp))
   a, sig = schedule(np.linspace(1.0, 0.0, steps + 1))
   factor = np.prod((a[:-1] * a[1:] * s ** 2 + sig[:-1] * sig[1:])
                    / (a[:-1] ** 2 * s ** 2 + sig[:-1] ** 2))
@@ -140,13 +145,7 @@ def test_dpm_solver_follows_the_gaussian_flow_closer_in_few_steps():
   mu, s = 0.7, 0.3
   inp = window_inputs(b=4, t=5, shape=(4, 4, 2))
 
-  def gaussian(params, z, known, anchor, offsets, level, text, text_mask):
-    del params, known, anchor, offsets, text, text_mask
-    t = jnp.clip(level, 0.0, 0.9999)[..., None, None, None]
-    a, sig = jnp.cos(0.5 * jnp.pi * t), jnp.sin(0.5 * jnp.pi * t)
-    x0 = mu + a * s ** 2 / (a ** 2 * s ** 2 + sig ** 2) * (z - a * mu)
-    return v_from_x0(z, x0, level)
-
+  gaussian = gaussian_v(mu, s)
   a1, s1 = schedule(np.array(1.0))
   unknown = np.asarray(inp["known"]) == 0
   noise = np.asarray(inp["noise"], np.float64)[unknown]
