@@ -27,7 +27,7 @@ Options:
   --spot              create a Spot VM (create)
   --repo URL          git clone URL on the workers instead of copying this
                       checkout (setup)
-  --python EXE        interpreter that creates the venv, default python3.11
+  --python EXE        interpreter that creates the venv (3.11-3.13), default python3.11
                       (setup)
   --config PATH       default configs/webvid.py (run)
   --workdir DIR       e.g. gs://BUCKET/bidigen/webvid (run)
