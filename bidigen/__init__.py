@@ -19,3 +19,15 @@ def sibling_config(config_file: str, name: str, arg: str | None = None):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def config_variant(config_file: str, arg: str | None,
+                   known=("default", "tiny")) -> str:
+  """The variant a config file was asked for (``--config=FILE:VARIANT``;
+  none: "default"), or a one-line error naming the known ones."""
+  variant = arg or "default"
+  if variant not in known:
+    raise ValueError(f"unknown variant {variant!r} of configs/"
+                     f"{os.path.basename(config_file)}; known: "
+                     f"{', '.join(known)}")
+  return variant

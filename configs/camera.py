@@ -18,10 +18,7 @@ import bidigen
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/camera.py; "
-                     "known: default, tiny")
+  variant = bidigen.config_variant(__file__, arg)
   c = bidigen.sibling_config(__file__, "synthetic", variant)
   c.data.name = "camera_photos"
   # A folder of clips (captions.csv, SOURCES.tsv) whose `train` clips lend

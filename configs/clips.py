@@ -35,10 +35,7 @@ CLIPS_DIR = os.path.normpath(os.path.join(_HERE, "..", "..", "shared",
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/clips.py; "
-                     "known: default, tiny")
+  variant = bidigen.config_variant(__file__, arg)
   tiny = variant == "tiny"
   c = bidigen.sibling_config(__file__, "synthetic", variant)
   c.data = dict(

@@ -31,10 +31,7 @@ WEIGHTS = {"synthetic": 0.3, "camera": 0.35, "clips": 0.35}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/mixture.py; "
-                     "known: default, tiny")
+  variant = bidigen.config_variant(__file__, arg)
   parts = {name: bidigen.sibling_config(__file__, name, variant)
            for name in SOURCES}
   sections = {name: parts[name].data.to_dict() for name in SOURCES}

@@ -19,12 +19,11 @@ model, 6 steps):
 
 import ml_collections
 
+import bidigen
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/synthetic.py; "
-                     "known: default, tiny")
+  variant = bidigen.config_variant(__file__, arg)
   tiny = variant == "tiny"
   c = ml_collections.ConfigDict()
   c.seed = 0

@@ -24,10 +24,7 @@ import bidigen
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "runlocal"):
-    raise ValueError(f"unknown variant {variant!r} of configs/webvid.py; "
-                     "known: default, runlocal")
+  variant = bidigen.config_variant(__file__, arg, ("default", "runlocal"))
   c = bidigen.sibling_config(__file__, "synthetic")
   # name="video_folder" reads any folder of videos with a captions.csv
   # (path,caption) instead; layouts in bidigen/data/videos.py.

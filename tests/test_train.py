@@ -48,7 +48,7 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
   assert "steps/s" in proc.stdout and "ETA" in proc.stdout
   assert "ms/step" in proc.stdout.split("data wait")[1].splitlines()[0]
   rows = read_metrics(wd)
-  assert all(r["data_wait_ms"] >= 0 for r in rows)
+  assert all(r["data_wait_ms"] > 0 for r in rows)  # next() takes time.
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert all(np.isfinite(r["loss"]) for r in rows)
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
