@@ -7,8 +7,9 @@ encoder and decoder in ms per frame at 128 and 256 px; the train step from
 cached latents (s/step, steps/s, XLA's FLOP count and the fraction of peak)
 next to the old step that ran the encoder inside it (the same UNet step
 after TAEF2 encodes the clip's pixels), both timed here in the same run; and
-sampling with the embedded model for 9 and 33 frames (first call with
-compilation, then steady state).
+sampling with the embedded model: compile times (the first call, another
+length in the same bucket, another guidance) and s/frame and FLOP/s for
+9, 17, 33 and 65 frames.
 """
 
 import os
@@ -118,23 +119,74 @@ def train_step(config, repeats, peak):
         f"(the cache makes a step {old_sec / sec:.1f}x faster)")
 
 
-def sampling(checkpoint, repeats):
-  from bidigen import media, sample
+def sampling(checkpoint, repeats, peak):
+  """The embedded model's sampler: compile times (a new length bucket,
+  another length in the same bucket, another guidance), then seconds per
+  generated frame for 9, 17, 33 and 65 frames with FLOP/s against the
+  matmul peak. FLOPs are counted from XLA's cost analysis of one UNet call
+  (the guided pair of windows) and of TAEF2, times the calls the plan
+  makes: the analysis of the whole scanned sampler counts a loop's body
+  once."""
+  from bidigen import media, models, sample
+  from bidigen.models import taef2
   t = time.perf_counter()
   gen = sample.Generator(checkpoint)
   print(f"model load: {time.perf_counter() - t:.1f} s")
+  cfg = gen.config
+  window, context, steps = (cfg.model.window, cfg.model.context_frames,
+                            cfg.sample.steps)
   image = media.load_image(
       os.path.join(media.EXAMPLES, "red_ball_temple.png"), gen.resolution)
-  for side in (4, 16):
-    run = lambda: gen(image[None], ["a red ball moves to the right"],
-                      frames_before=side, frames_after=side, seed=0)
+  prompt = ["a red ball moves to the right"]
+  call = lambda before, after, **kw: gen(
+      image[None], prompt, frames_before=before, frames_after=after, seed=0,
+      **kw)
+
+  def wall(fn):
     t = time.perf_counter()
-    run()
-    first = time.perf_counter() - t
-    sec = timed(run, max(1, repeats // 2))
-    print(f"sample {2 * side + 1} frames ({gen.config.sample.steps} DDIM "
-          f"steps, guidance on): {sec:.2f} s (first call with compilation "
-          f"{first:.1f} s)")
+    fn()
+    return time.perf_counter() - t
+  first = wall(lambda: call(4, 4))
+  steady = timed(lambda: call(4, 4), max(1, repeats // 2))
+  same_bucket = wall(lambda: call(3, 4))
+  guidance = wall(lambda: call(4, 4, guidance=1.5))
+  print(f"sampler compile, 9 frames: first call {first:.1f} s (steady "
+        f"{steady:.1f} s, so ~{first - steady:.1f} s compiling); 8 frames, "
+        f"the same bucket: {same_bucket:.1f} s; guidance 1.5 instead of "
+        f"{cfg.sample.guidance:g}: {guidance:.1f} s ({len(gen._compiled)} "
+        f"program{'s' * (len(gen._compiled) > 1)} compiled)")
+
+  # FLOPs of one guided UNet call (2 windows) and of TAEF2 per frame.
+  h = models.latent_shape(gen.resolution)
+  text, mask = gen.encoder.encode(["", ""])
+  unet_args = (jnp.zeros((2, window) + h), jnp.zeros((2, window)),
+               jnp.zeros((2,) + h), jnp.zeros((2, window), jnp.int32),
+               jnp.zeros((2, window)), text, mask)
+  unet_flops = flops(jax.jit(gen.unet.apply), gen.params["unet"], *unet_args)
+  ae = gen.params["autoencoder"]
+  dec_flops = flops(jax.jit(taef2.decode), ae, jnp.zeros((1,) + h))
+  enc_flops = flops(jax.jit(taef2.encode), ae, jnp.zeros(
+      (1, gen.resolution, gen.resolution, 3)))
+  print(f"one guided UNet call (2 windows of {window}): "
+        f"{unet_flops / 1e9:.1f} GFLOP; TAEF2 per frame: encode "
+        f"{enc_flops / 1e9:.2f}, decode {dec_flops / 1e9:.2f} GFLOP")
+  print("frames  windows (needed)  s/sample  s/frame  GFLOP  GFLOP/s  "
+        "of peak")
+  for side in (4, 8, 16, 32):
+    n = 2 * side + 1
+    need = 1 + 2 * sample.plan(side, side, window, context)[2]
+    bucket = sample.bucket(side, side, window, context)
+    solved = 1 + 2 * sample.plan(bucket, bucket, window, context)[2]
+    call(side, side)  # Compiles a new bucket.
+    sec = timed(lambda: call(side, side), max(1, repeats // 2))
+    total = (solved * steps * unet_flops + (2 * bucket + 1) * dec_flops
+             + enc_flops) / 1e9
+    print(f"{n:6d}  {solved:7d} ({need:2d})      {sec:8.2f}  "
+          f"{sec / n:7.3f}  {total:5.0f}  {total / sec:7.1f}  "
+          f"{100 * total / sec / peak:5.0f}%")
+  print(f"(each expansion step solves 2 windows for {window - context} new "
+        "frames a side, so windows per frame rise from 1/9 towards 1/5; "
+        "a bucket rounds expansion steps up to a power of two)")
 
 
 def main(argv):
@@ -145,7 +197,7 @@ def main(argv):
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")
   autoencoder(FLAGS.repeats)
   train_step(FLAGS.config, FLAGS.repeats, peak)
-  sampling(FLAGS.checkpoint, FLAGS.repeats)
+  sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
 
 
 if __name__ == "__main__":

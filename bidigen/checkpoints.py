@@ -18,6 +18,18 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+# Orbax saves an array replicated over n devices in n slices, one per
+# replica, so that each device copies a part to the host. Below 1 MiB a
+# slice costs more in dispatch than it saves in transfer: a model's many
+# norms and biases (and every array of a small model) are saved whole by
+# replica 0. Measured on the tiny config over 8 CPU devices (two saves of a
+# 6-step run, with the wait for them): 12,600 slices a save and 18 s in
+# all before, 8 s after.
+MIN_SLICE_BYTES = 1 << 20
+ocp.type_handlers.register_type_handler(
+    jax.Array, ocp.type_handlers.ArrayHandler(
+        min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES), override=True)
+
 DEFAULT_MODEL = os.path.join(os.path.dirname(__file__), "assets",
                              "default_model")
 

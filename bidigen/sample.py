@@ -162,15 +162,27 @@ def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
   return buffer[:, side - frames_before:side + frames_after + 1]
 
 
-def make_sampler(mesh, *, unet, batch: int, **kwargs):
+def make_sampler(mesh, *, unet, batch: int, guidance: float, **kwargs):
   """``expand`` jitted once: samples split over the mesh when they divide
-  evenly, parameters replicated."""
+  evenly, parameters replicated. The guidance scale is an argument of the
+  compiled program, not a constant in it: ``sampler(..., guidance=g)``
+  changes it without compiling again (``guidance`` here is the default)."""
   rep = sharding.replicated(mesh)
   data = (sharding.batch_sharding(mesh) if batch % mesh.devices.size == 0
           else rep)
-  fn = functools.partial(expand, unet=unet, **kwargs)
-  return jax.jit(fn, in_shardings=(rep, data, data, data, data, data, data),
-                 out_shardings=data)
+
+  def fn(params, images, keys, text, text_mask, null_text, null_mask, g):
+    return expand(params, images, keys, text, text_mask, null_text,
+                  null_mask, unet=unet, guidance=g, **kwargs)
+  jitted = jax.jit(fn, in_shardings=(rep,) + (data,) * 6 + (rep,),
+                   out_shardings=data)
+
+  def sampler(params, images, keys, text, text_mask, null_text, null_mask,
+              guidance=guidance):
+    return jitted(params, images, keys, text, text_mask, null_text,
+                  null_mask, np.float32(guidance))
+  sampler._cache_size = jitted._cache_size  # For the compile-count tests.
+  return sampler
 
 
 def sample_keys(seed: int, batch: int):
@@ -204,8 +216,8 @@ class Generator:
   """A loaded model, ready to sample: what the CLI, GUI and Colab share.
 
   Loads the weights and the text encoder once, builds no trainer or
-  optimizer; each distinct (frames, steps, guidance, batch) setting compiles
-  once and is reused.
+  optimizer; each (length bucket, steps, batch, solver) compiles once and
+  is reused, whatever the guidance.
   """
 
   def __init__(self, checkpoint: str | None = None, mesh=None):
@@ -244,7 +256,7 @@ class Generator:
     window = self.config.model.window
     context = self.config.model.context_frames
     side = bucket(frames_before, frames_after, window, context)
-    key = (side, steps, float(guidance), b, solver)
+    key = (side, steps, b, solver)
     if key not in self._compiled:
       self._compiled[key] = make_sampler(
           self.mesh, unet=self.unet, batch=b, window=window, context=context,
@@ -255,7 +267,8 @@ class Generator:
     keys = sample_keys(seed, b) if keys is None else keys
     x = images.astype(np.float32) / 127.5 - 1.0
     frames = np.asarray(self._compiled[key](
-        self.params, x, keys, text, mask, null, null_mask))
+        self.params, x, keys, text, mask, null, null_mask,
+        guidance=float(guidance)))
     return frames[:, side - frames_before:side + frames_after + 1]
 
 

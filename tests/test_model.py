@@ -213,29 +213,30 @@ def test_bfloat16_and_remat_keep_the_parameters_and_the_numbers(tiny_config):
     return models.build(cfg)
 
   base = build()
-  params = nn.unbox(base.init(jax.random.key(0), *args))
+  params = nn.unbox(jax.jit(base.init)(jax.random.key(0), *args))
   params = jax.tree.map(  # Zero-initialised outputs would hide errors.
       lambda p: p + 0.05 * rng.normal(size=p.shape).astype(p.dtype), params)
-  want = base.apply(params, *args)
-  loss = lambda unet: lambda p: jnp.mean(unet.apply(p, *args) ** 2)
-  grads = jax.grad(loss(base))(params)
+  # Jitted: op by op, these UNets took two minutes on 2 cores.
+  apply = lambda unet: jax.jit(unet.apply)(params, *args)
+  grad = lambda unet: jax.jit(jax.grad(
+      lambda p: jnp.mean(unet.apply(p, *args) ** 2)))(params)
+  want, grads = apply(base), grad(base)
 
   half = build(dtype="bfloat16")
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
-  assert shapes(nn.unbox(half.init(jax.random.key(0), *args))) == shapes(
-      params)  # float32 parameters.
-  got = half.apply(params, *args)
+  assert shapes(jax.eval_shape(lambda: nn.unbox(half.init(
+      jax.random.key(0), *args)))) == shapes(params)  # float32 parameters.
+  got = apply(half)
   assert got.dtype == jnp.float32
   err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
   assert 0 < err < 0.05, err
 
   for policy in ("blocks", "dots"):
     unet = build(remat=policy)
-    assert shapes(nn.unbox(unet.init(jax.random.key(0), *args))) == shapes(
-        params)
-    np.testing.assert_allclose(unet.apply(params, *args), want, atol=1e-5)
-    for g, w in zip(jax.tree.leaves(jax.grad(loss(unet))(params)),
-                    jax.tree.leaves(grads)):
+    assert shapes(jax.eval_shape(lambda: nn.unbox(unet.init(
+        jax.random.key(0), *args)))) == shapes(params)
+    np.testing.assert_allclose(apply(unet), want, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(grad(unet)), jax.tree.leaves(grads)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="remat='all'; known: none"):
-    build(remat="all").init(jax.random.key(0), *args)
+    jax.eval_shape(build(remat="all").init, jax.random.key(0), *args)

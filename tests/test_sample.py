@@ -54,9 +54,18 @@ def setup(tiny_config):
   return mesh, params, inputs, kw
 
 
-def test_scan_sampler_matches_loop_reference(setup):
+@pytest.fixture(scope="module")
+def sampled(setup):
+  """The scanned sampler for a batch of 8 over the 8 devices, compiled
+  once for the module, and its frames for the setup's inputs."""
   mesh, params, inputs, kw = setup
-  scan = sample.make_sampler(mesh, batch=8, **kw)(params, *inputs)
+  f = sample.make_sampler(mesh, batch=8, **kw)
+  return f, np.asarray(f(params, *inputs))
+
+
+def test_scan_sampler_matches_loop_reference(setup, sampled):
+  mesh, params, inputs, kw = setup
+  scan = sampled[1]
   loop = jax.jit(lambda p, *a: sample.expand(p, *a, use_scan=False, **kw))(
       params, *inputs)
   scan, loop = np.asarray(scan, int), np.asarray(loop, int)
@@ -65,10 +74,9 @@ def test_scan_sampler_matches_loop_reference(setup):
   assert (scan == loop).mean() > 0.999
 
 
-def test_same_seed_same_frames_and_f0_is_the_input(setup):
-  mesh, params, inputs, kw = setup
-  f = sample.make_sampler(mesh, batch=8, **kw)
-  a = np.asarray(f(params, *inputs))
+def test_same_seed_same_frames_and_f0_is_the_input(setup, sampled):
+  _, params, inputs, _ = setup
+  f, a = sampled
   b = np.asarray(f(params, *inputs))
   np.testing.assert_array_equal(a, b)
   images = inputs[0]
@@ -76,15 +84,27 @@ def test_same_seed_same_frames_and_f0_is_the_input(setup):
       a[:, 6], np.round((images + 1) * 127.5).astype(np.uint8))
 
 
-def test_noise_follows_each_sample_key(setup):
+def test_guidance_is_an_argument_of_the_compiled_sampler(setup, sampled):
+  """Another guidance scale runs the same program (no compile) and gives
+  other frames; the default scale gives the default's frames."""
+  _, params, inputs, kw = setup
+  f, default = sampled
+  unguided = np.asarray(f(params, *inputs, guidance=0.0), int)
+  again = np.asarray(f(params, *inputs, guidance=kw["guidance"]))
+  assert f._cache_size() == 1
+  np.testing.assert_array_equal(again, default)
+  assert np.abs(unguided - default.astype(int)).mean() > 1
+
+
+def test_noise_follows_each_sample_key(setup, sampled):
   """Eight copies of one image and prompt differ only by their keys: the
   rows must differ, and permuting the keys must permute the rows (noise
   drawn by batch position, or one key for all, would break this)."""
-  mesh, params, inputs, kw = setup
+  _, params, inputs, _ = setup
   image, *text = (np.repeat(x[:1], 8, 0) for x in (inputs[0],) + inputs[2:])
   keys = sample.sample_keys(0, 8)
   perm = np.array([3, 0, 7, 1, 6, 2, 5, 4])
-  f = sample.make_sampler(mesh, batch=8, **kw)
+  f = sampled[0]
   a = np.asarray(f(params, image, keys, *text), int)
   b = np.asarray(f(params, image, keys[perm], *text), int)
   assert np.abs(a[0] - a[1]).mean() > 1, "another key, other frames"
@@ -137,11 +157,10 @@ def test_expansion_continues_a_known_clip(before, after, use_scan):
   np.testing.assert_allclose(out, want, atol=1e-4)
 
 
-def test_eight_devices_give_the_frames_of_one(setup):
+def test_eight_devices_give_the_frames_of_one(setup, sampled):
   mesh, params, inputs, kw = setup
   assert mesh.devices.size == 8
-  eight = np.asarray(sample.make_sampler(mesh, batch=8, **kw)(
-      params, *inputs), int)
+  eight = np.asarray(sampled[1], int)
   one_mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   one = np.asarray(sample.make_sampler(one_mesh, batch=8, **kw)(
       params, *inputs), int)
@@ -151,12 +170,11 @@ def test_eight_devices_give_the_frames_of_one(setup):
   assert (eight == one).mean() > 0.999
 
 
-def test_sample_i_does_not_depend_on_the_batch(setup):
+def test_sample_i_does_not_depend_on_the_batch(setup, sampled):
   """fold_in(seed, i) per sample: the first sample of a batch of 8 equals
   the same sample run alone."""
   mesh, params, inputs, kw = setup
-  eight = np.asarray(sample.make_sampler(mesh, batch=8, **kw)(
-      params, *inputs), int)
+  eight = np.asarray(sampled[1], int)
   one = np.asarray(sample.make_sampler(mesh, batch=1, **kw)(
       params, *(x[:1] for x in inputs)), int)
   assert np.abs(eight[:1] - one).max() <= 1

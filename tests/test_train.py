@@ -40,13 +40,13 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
-  wd = str(tmp_path / "run")
-  proc = run_main("--config=configs/synthetic.py:tiny", "--mode=train",
-                  f"--workdir={wd}", f"--config.data.data_dir={data_dir}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "steps/s" in proc.stdout and "ETA" in proc.stdout
-  assert "ms/step" in proc.stdout.split("data wait")[1].splitlines()[0]
+def test_cli_train_checkpoint_sample_export(tmp_path, tiny_run):
+  """The shared run was trained by ``--mode=train`` (tests/conftest.py):
+  its progress, metrics, checkpoints and events; then sampling from it,
+  exporting it, and sampling the export gives the same frames."""
+  wd, stdout = tiny_run
+  assert "steps/s" in stdout and "ETA" in stdout
+  assert "ms/step" in stdout.split("data wait")[1].splitlines()[0]
   rows = read_metrics(wd)
   assert all(r["data_wait_ms"] > 0 for r in rows)  # next() takes time.
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -105,19 +105,17 @@ def test_cli_train_checkpoint_sample_export(tmp_path, data_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, data_dir, tiny_config):
-  """A tiny run trained straight through, shared read-only: training is
-  most of these tests' time."""
+def straight_run(tiny_run, data_dir, tiny_config):
+  """The shared tiny run (trained straight through on one device), and the
+  config it was trained with."""
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
-  wd = str(tmp_path_factory.mktemp("straight") / "run")
-  train.train(config, wd)
-  return config, wd
+  return config, tiny_run[0]
 
 
 def test_resume_continues_exactly(tmp_path, straight_run):
-  """A run resumed from its step-3 checkpoint logs the same losses as the
-  run that went straight through."""
+  """A run resumed from its step-3 checkpoint, here on 8 devices, logs the
+  same losses as the run that went straight through on one."""
   config, straight_wd = straight_run
   wd = str(tmp_path / "run")
   shutil.copytree(straight_wd, wd)
@@ -262,7 +260,7 @@ def test_train_from_cached_latents_without_tensorflow(tmp_path, data_dir):
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["2"]
 
 
-def test_training_learns_one_batch(tiny_config):
+def test_training_learns_one_batch(tiny_config, optimized_xla):
   """Overfitting one fixed batch (same clips, windows and noise at every
   step) must bring the loss down by a clear margin, and the EMA must follow
   the UNet's params by its documented decay."""
@@ -520,8 +518,8 @@ def test_mixture_config_sources_follow_the_top_level(tmp_path):
 
 def test_generator_compiles_once_per_length_bucket(straight_run):
   """Frame counts within a bucket (expansion steps rounded up to a power of
-  two) reuse one compiled sampler, and give the frames an exact-length
-  program gives."""
+  two) and any guidance scale reuse one compiled sampler, and give the
+  frames an exact-length program gives."""
   from bidigen import sample
   _, wd = straight_run
   gen = sample.Generator(wd)
@@ -549,3 +547,14 @@ def test_generator_compiles_once_per_length_bucket(straight_run):
                           null_mask), int)
   assert want.shape == c.shape
   assert np.abs(want - c.astype(int)).max() <= 1
+  # Another guidance scale is an argument of the same program: nothing
+  # compiles, and the frames are those an exact program gives for it
+  # (tests/test_sample.py checks that the scale changes the frames).
+  e = gen(image, ["a red ball moves left"], frames_before=9, frames_after=5,
+          seed=1, steps=2, guidance=0.5)
+  assert len(gen._compiled) == 2
+  assert all(f._cache_size() == 1 for f in gen._compiled.values())
+  want = np.asarray(exact(gen.params, image.astype(np.float32) / 127.5 - 1,
+                          sample.sample_keys(1, 1), text, mask, null,
+                          null_mask, guidance=0.5), int)
+  assert np.abs(want - e.astype(int)).max() <= 1
