@@ -300,11 +300,28 @@ def test_training_learns_one_batch(tiny_config, optimized_xla):
 
 
 def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
+  """A copy of the session's latent cache whose latents are NaN: the loss
+  is NaN at step 1 and the run stops there. (The data, not the settings,
+  go bad: a setting such as the learning rate is a constant of the
+  compiled step, and would compile a step of its own.)"""
+  from array_record.python import array_record_module
   config = tiny_config.copy_and_resolve_references()
   config.data.data_dir = data_dir
-  config.train.learning_rate = 1e30
-  config.train.warmup_steps = 0
-  with pytest.raises(FloatingPointError, match="loss is .* at step"):
+  src = latents.cache_dir(config.data)
+  bad = str(tmp_path / "nan_latents")
+  shutil.copytree(src, bad, ignore=shutil.ignore_patterns(latents.RECORDS))
+  reader = array_record_module.ArrayRecordReader(
+      os.path.join(src, latents.RECORDS))
+  writer = array_record_module.ArrayRecordWriter(
+      os.path.join(bad, latents.RECORDS), "group_size:1")
+  for record in reader.read_all():
+    clip = latents.from_bytes(record)
+    clip["latents"] = np.full_like(clip["latents"], np.nan)
+    writer.write(latents.to_bytes(clip))
+  writer.close()
+  reader.close()
+  config.data.latents_dir = bad
+  with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
     train.train(config, str(tmp_path / "run"))
 
 
