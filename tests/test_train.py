@@ -567,13 +567,20 @@ def test_generator_compiles_once_per_length_bucket(straight_run):
   assert want.shape == c.shape
   assert np.abs(want - c.astype(int)).max() <= 1
   # Another guidance scale is an argument of the same program: nothing
-  # compiles, and the frames are those an exact program gives for it
-  # (tests/test_sample.py checks that the scale changes the frames).
-  e = gen(image, ["a red ball moves left"], frames_before=9, frames_after=5,
-          seed=1, steps=2, guidance=0.5)
+  # compiles, the scale reaches it, and the frames are those an exact
+  # program gives for it. Perturbed weights make the prompt matter (the
+  # 6-step run's barely tell it from the empty one's).
+  rng = np.random.default_rng(2)
+  gen.params = dict(gen.params, unet=jax.device_put(jax.tree.map(
+      lambda p: p + 0.02 * rng.normal(size=p.shape).astype(p.dtype),
+      jax.device_get(gen.params["unet"])), sharding.replicated(gen.mesh)))
+  guided, e = (gen(image, ["a red ball moves left"], frames_before=9,
+                   frames_after=5, seed=1, steps=2, guidance=g)
+               for g in (cfg.sample.guidance, 0.0))
   assert len(gen._compiled) == 2
   assert all(f._cache_size() == 1 for f in gen._compiled.values())
+  assert np.abs(e.astype(int) - guided).mean() > 1
   want = np.asarray(exact(gen.params, image.astype(np.float32) / 127.5 - 1,
                           sample.sample_keys(1, 1), text, mask, null,
-                          null_mask, guidance=0.5), int)
+                          null_mask, guidance=0.0), int)
   assert np.abs(want - e.astype(int)).max() <= 1
