@@ -50,17 +50,22 @@ def window_tasks(window: int, context: int) -> dict:
   }
 
 
-def complete(params, frames, keys, text, text_mask, null, null_mask, *,
-             unet, offsets, known, steps, guidance, solver="ddim"):
-  """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1])."""
+def complete(params, frames, keys, text, text_mask, null, null_mask, offsets,
+             known, guidance, *, unet, steps, solver="ddim"):
+  """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1]).
+
+  offsets [W] (F0's among them) and known [W] (1 where the frame is given)
+  are arguments, not constants: every task's window, whatever frames it
+  knows, runs through one compiled program."""
   b, w = frames.shape[:2]
   lat = sample.to_latents(params, frames)
-  offs = jnp.broadcast_to(jnp.asarray(offsets), (b, w))
-  kn = jnp.broadcast_to(jnp.asarray(known, jnp.float32), (b, w))
+  offs = jnp.broadcast_to(offsets, (b, w))
+  kn = jnp.broadcast_to(known.astype(jnp.float32), (b, w))
+  anchor = jnp.take(lat, jnp.argmax(offsets == 0), axis=1)
   out = diffusion.denoise_window(
       unet.apply, params["unet"], sample.frame_noise(keys, offs, lat.shape[2:]),
-      lat, kn, lat[:, offsets.index(0)], offs, text, text_mask, null,
-      null_mask, steps=steps, guidance=guidance, solver=solver)
+      lat, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
+      guidance=guidance, solver=solver)
   dec = sample.to_frames(params, out)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
@@ -117,21 +122,16 @@ class Evaluator:
                guidance: float, solver: str = "ddim"):
     self.gen, self.batch, self.steps, self.guidance = gen, batch, steps, guidance
     self.solver = solver
-    self._fns = {}
-
-  def _fn(self, offsets, known):
-    key = (tuple(offsets), tuple(known))
-    if key not in self._fns:
-      mask = [float(o in known) for o in offsets]
-      self._fns[key] = jax.jit(functools.partial(
-          complete, unet=self.gen.unet, offsets=offsets,
-          known=mask, steps=self.steps, guidance=self.guidance,
-          solver=self.solver))
-    return self._fns[key]
+    self._fn = None
 
   def run(self, windows, prompts, seeds, offsets, known, label=""):
     """uint8 windows [N, W, R, R, 3] -> completed windows, in batches."""
-    fn = self._fn(list(offsets), list(known))
+    if self._fn is None:  # One program for every task's windows.
+      self._fn = jax.jit(functools.partial(
+          complete, unet=self.gen.unet, steps=self.steps, solver=self.solver))
+    task = (np.asarray(offsets, np.int32),
+            np.asarray([o in known for o in offsets], np.float32),
+            np.float32(self.guidance))
     enc = self.gen.encoder
     null, null_mask = enc.encode([""] * self.batch)
     out = []
@@ -142,8 +142,8 @@ class Evaluator:
       p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
       text, mask = enc.encode(p)
       keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
-      out.append(np.asarray(fn(self.gen.params, w, keys, text, mask, null,
-                               null_mask))[:n])
+      out.append(np.asarray(self._fn(self.gen.params, w, keys, text, mask,
+                                     null, null_mask, *task))[:n])
       print(f"  {label}: {i + n}/{len(windows)} windows", flush=True)
     return np.concatenate(out)
 
