@@ -207,15 +207,17 @@ def with_latent_stats(config, meta: dict) -> ml_collections.ConfigDict:
   return config
 
 
-def warm_start(trainer: Trainer, state: TrainState, path: str) -> TrainState:
-  """Starts from an exported model's weights (its EMA as both params and
-  EMA), with fresh optimizer moments and this run's schedule from step 0.
-  This is how a model keeps training when only its export was kept."""
+def warm_start(trainer: Trainer, rng, path: str) -> TrainState:
+  """A state initialised from an exported model's weights (its EMA as both
+  params and EMA), with fresh optimizer moments and this run's schedule from
+  step 0. This is how a model keeps training when only its export was kept.
+  A model of another architecture is refused before anything compiles."""
   _, loaded = checkpoints.load_model(path)
   shapes = lambda t: jax.tree.map(lambda a: tuple(np.shape(a)), t)
-  if shapes(state.params) != shapes(loaded["unet"]):
+  if shapes(trainer.abstract_state.params) != shapes(loaded["unet"]):
     raise ValueError(f"config.train.init_from={path}: its architecture does "
                      "not match this config's model")
+  state = trainer.init(rng)
   shard = trainer.state_sharding
   return state.replace(params=jax.device_put(loaded["unet"], shard.params),
                        ema=jax.device_put(loaded["unet"], shard.ema))
@@ -298,10 +300,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   jsonl = os.path.join(workdir, "metrics.jsonl")
   start = mngr.latest_step()
   if start is None:
-    state = trainer.init(jax.random.key(config.seed))
     if cfg.init_from:
-      state = warm_start(trainer, state, cfg.init_from)
+      state = warm_start(trainer, jax.random.key(config.seed), cfg.init_from)
       print(f"warm start from {cfg.init_from}", flush=True)
+    else:
+      state = trainer.init(jax.random.key(config.seed))
     start = 0
   else:
     restored = mngr.restore(start, args=args.Composite(

@@ -17,7 +17,19 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's CPU thread pools sized for the whole machine in every process: with
+# two pytest workers and the subprocesses they start on 2 cores, those
+# threads wait on each other; one compute thread a process measured 10 %
+# less CPU time for two concurrent tiny training runs, with the same losses.
+ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def xla_flags(devices: int = 1) -> str:
+  """XLA_FLAGS for a test process on ``devices`` virtual CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {ONE_THREAD}"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tiny programs most tests run spend more time in XLA's optimiser than
@@ -73,6 +85,32 @@ def _build_tiny_text(dst):
       num_attention_heads=2, intermediate_size=32,
       max_position_embeddings=64)
   transformers.FlaxBertModel(config, seed=0).save_pretrained(dst)
+
+
+# A sitecustomize.py that makes TensorFlow, TFDS, transformers and the media
+# libraries unimportable: a process started with its folder on PYTHONPATH
+# runs as on a machine where only training's own dependencies are installed.
+NO_TF = """
+import builtins
+BLOCKED = ("tensorflow", "tensorflow_datasets", "transformers", "tensorboard",
+           "cv2", "PIL", "imageio", "skimage", "sklearn", "av", "gradio",
+           "torch")
+_import = builtins.__import__
+def guarded(name, *args, **kwargs):
+  if name.split(".")[0] in BLOCKED:
+    raise ImportError(f"No module named {name!r} (blocked by the test)")
+  return _import(name, *args, **kwargs)
+builtins.__import__ = guarded
+"""
+
+
+def without_tensorflow(env: dict, folder) -> dict:
+  """``env`` for a subprocess in which NO_TF's modules cannot be imported
+  (its sitecustomize.py is written to ``folder``)."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+    f.write(NO_TF)
+  return dict(env, PYTHONPATH=f"{folder}{os.pathsep}{ROOT}")
 
 
 def tiny_text_encoder() -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_text_encoder
+from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ def run_main(*args, cwd=ROOT):
   if (any(a.startswith("--config=") and a.endswith(":tiny") for a in args)
       and not any(a.startswith("--config.model.text") for a in args)):
     args += (f"--config.model.text.path={tiny_text_encoder()}",)
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "bidigen.main", *args],
                         cwd=cwd, env=env, capture_output=True, text=True,
                         timeout=600)

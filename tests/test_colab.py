@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "launch", "colab_sampling.ipynb")
 FRAMES, STEPS = 2, 4
@@ -57,7 +59,7 @@ def run_notebook(tmp_path, monkeypatch, python) -> list:
   spec["argv"][0] = python
   spec_file.write_text(json.dumps(spec))
   monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
-  monkeypatch.delenv("XLA_FLAGS", raising=False)  # One CPU device.
+  monkeypatch.setenv("XLA_FLAGS", xla_flags(1))  # One CPU device.
   output = tmp_path / "sample.mp4"
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_FRAMES", str(FRAMES))
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_STEPS", str(STEPS))

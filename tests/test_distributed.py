@@ -1,9 +1,12 @@
 """Distribution and preemption, end to end on the tiny config.
 
-The same seed and global batch give the same losses on 1 device, on 8, with
-parameters sharded over fsdp, and on 2 processes; fsdp shards parameters and
-optimizer state; SIGTERM saves and exits 0, SIGKILL loses only the steps since
-the last checkpoint, and the resumed runs log an uninterrupted run's losses.
+Every run here is where TensorFlow, TFDS and transformers are missing (as on
+an accelerator host with training's dependencies alone). The same seed and
+global batch give the same losses on 1 device, on 2 processes, and on 8
+devices with parameters sharded over fsdp; fsdp shards parameters and
+optimizer state; SIGTERM saves and exits 0, SIGKILL loses only the steps
+since the last checkpoint, and the resumed 8-device run logs the
+uninterrupted 1-device run's losses.
 """
 
 import os
@@ -21,6 +24,8 @@ from bidigen import sharding
 from bidigen import train
 from bidigen.data import pipeline
 from tests.conftest import tiny_text_encoder
+from tests.conftest import without_tensorflow
+from tests.conftest import xla_flags
 from tests.test_cli import ROOT
 from tests.test_train import read_metrics
 
@@ -48,14 +53,20 @@ def data_dir(tiny_data):
 @pytest.fixture(scope="module")
 def start(tmp_path_factory, data_dir):
   """Starts ``python -m bidigen.main --mode=train`` on ``devices`` CPU
-  devices, by default with FSDP_CONFIG. The runs inherit the session's
+  devices, by default with FSDP_CONFIG, where TensorFlow, TFDS and
+  transformers cannot be imported. The runs inherit the session's
   compilation cache (tests/conftest.py): those on one mesh compile once.
   stderr goes to a file, so only stdout (which the tests read) can fill a
   pipe."""
   tmp = tmp_path_factory.mktemp("runs")
   fsdp_config = tmp / "fsdp_tiny.py"
   fsdp_config.write_text(FSDP_CONFIG)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # As on an accelerator host with training's dependencies alone: no
+  # TensorFlow (clu's writers give way to metrics.jsonl), TFDS, transformers.
+  env = without_tensorflow(dict(os.environ, JAX_PLATFORMS="cpu"), tmp / "site")
+  check = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env,
+                         capture_output=True, text=True)
+  assert check.returncode != 0 and "blocked by the test" in check.stderr
 
   def start(workdir, *flags, devices=8, config=str(fsdp_config)):
     err = tempfile.TemporaryFile("w+")
@@ -66,8 +77,7 @@ def start(tmp_path_factory, data_dir):
          f"--config.train.num_steps={STEPS}",
          f"--config.model.text.path={tiny_text_encoder()}", *flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count="
-                 f"{devices}"))
+        env=dict(env, XLA_FLAGS=xla_flags(devices)))
     proc.err = err
     return proc
   return start
@@ -108,11 +118,19 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def straight(start, tmp_path_factory):
-  """Losses of an uninterrupted run on 8 devices with fsdp."""
-  workdir = tmp_path_factory.mktemp("straight")
-  finish(start(workdir))
-  return losses(workdir)
+def runs(start, tmp_path_factory):
+  """Uninterrupted runs of the tiny config, at once: on 1 device, and on 2
+  processes of 2 devices each; (losses of each, stdout of each process)."""
+  tmp = tmp_path_factory.mktemp("runs")
+  port = free_port()
+  tiny = "configs/synthetic.py:tiny"
+  procs = [start(tmp / "one", devices=1, config=tiny)] + [
+      start(tmp / "two", f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2", f"--process_id={i}", devices=2, config=tiny)
+      for i in range(2)]
+  outs = [finish(p) for p in procs]
+  return {"one": losses(tmp / "one"), "two": losses(tmp / "two"),
+          "outs": outs, "two_dir": tmp / "two"}
 
 
 def test_global_batches_do_not_depend_on_the_process_count(data_dir):
@@ -135,27 +153,17 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir):
   assert list(next(again)["caption"]) == list(next(two[1])["caption"])
 
 
-def test_same_losses_on_1_device_8_devices_and_2_processes(
-    tmp_path, start, straight, capsys):
-  port = free_port()
-  tiny = "configs/synthetic.py:tiny"
-  procs = [start(tmp_path / "one", devices=1, config=tiny)] + [
-      start(tmp_path / "two", f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2", f"--process_id={i}", devices=2, config=tiny)
-      for i in range(2)]
-  outs = [finish(p) for p in procs]
-  one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
-  with capsys.disabled():
-    print("\nstep  1 device    8 dev. (fsdp)  2 proc. x 2 dev.")
-    for i, row in enumerate(zip(one, straight, two)):
-      print(f"{i + 1:4d}  " + "  ".join(f"{v:.7f}" for v in row))
-  np.testing.assert_allclose(straight, one, rtol=RTOL)
-  np.testing.assert_allclose(two, one, rtol=RTOL)
+def test_same_losses_on_1_device_and_2_processes(runs):
+  np.testing.assert_allclose(runs["two"], runs["one"], rtol=RTOL)
+  # Without TensorFlow, training says where its metrics go instead.
+  assert "clu's metric writers are unavailable" in runs["outs"][0]
+  assert "metrics.jsonl" in runs["outs"][0]
   # Process 0 alone reports; both wrote their parts of each checkpoint.
+  outs = runs["outs"]
   assert f"step {STEPS}/{STEPS}" in outs[1]
   assert "step " not in outs[2]
-  assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["3", "6",
-                                                                  "8"]
+  assert sorted(os.listdir(runs["two_dir"] / "checkpoints")) == ["3", "6",
+                                                                 "8"]
 
 
 def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
@@ -188,8 +196,11 @@ def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
   assert held == per_device
 
 
-def test_sigterm_then_sigkill_resume_like_an_uninterrupted_run(
-    tmp_path, start, straight, capsys):
+def test_fsdp_run_stopped_by_sigterm_and_sigkill_logs_one_devices_losses(
+    tmp_path, start, runs, capsys):
+  """On 8 devices with parameters sharded over fsdp, stopped twice and
+  resumed: the losses of the uninterrupted 1-device run (so sharding and
+  resuming each change nothing)."""
   workdir = tmp_path / "run"
   ckpts = workdir / "checkpoints"
   # SIGTERM after step 2: a checkpoint at the step reached, exit status 0.
@@ -217,10 +228,14 @@ def test_sigterm_then_sigkill_resume_like_an_uninterrupted_run(
   # Resumed to the end: one history, the uninterrupted run's losses.
   out = finish(start(workdir, "--config.train.checkpoint_every=2"))
   assert f"resuming from step {saved} in {workdir}\n" in out
+  resumed = losses(workdir)
   with capsys.disabled():
     print(f"\nSIGTERM after step 2: checkpoint at step {stopped}, no step "
           f"lost; SIGKILL after step {first + 3}: resumed from step {saved}")
-  np.testing.assert_allclose(losses(workdir), straight, rtol=RTOL)
+    print("step  1 device    2 proc. x 2 dev.  8 dev. (fsdp, resumed)")
+    for i, row in enumerate(zip(runs["one"], runs["two"], resumed)):
+      print(f"{i + 1:4d}  " + "  ".join(f"{v:.7f}" for v in row))
+  np.testing.assert_allclose(resumed, runs["one"], rtol=RTOL)
 
 
 def test_cluster_detection(monkeypatch):

@@ -160,12 +160,13 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
   proc = run_main("--config=configs/synthetic.py:tiny", "--mode=evaluate",
                   f"--workdir={out}", f"--checkpoint={wd}",
                   f"--config.data.data_dir={data_dir}",
-                  "--config.eval.steps=2")
+                  "--config.eval.steps=2", "--config.eval.samples_per_clip=1",
+                  "--config.eval.batch_size=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "report.md" in proc.stdout
   with open(os.path.join(out, "report.json")) as f:
     report = json.load(f)
-  assert report["num_clips"] == 2 and report["samples_per_clip"] == 2
+  assert report["num_clips"] == 2 and report["samples_per_clip"] == 1
   tasks = report["tasks"]
   assert set(tasks) == {"bidirectional", "forward", "backward",
                         "interpolation", "rollout"}

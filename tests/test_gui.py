@@ -22,6 +22,7 @@ from PIL import Image
 from bidigen import gui
 from bidigen import media
 from bidigen import sample
+from tests.conftest import xla_flags
 
 EXAMPLE = os.path.join(media.EXAMPLES, "red_ball_temple.png")
 # Small, so the test compiles and samples quickly: 5 frames, 4 steps.
@@ -124,7 +125,8 @@ def server(tmp_path_factory):
   # the server writes nowhere else.
   tmp, cwd = (tmp_path_factory.mktemp(n) for n in ("gui_tmp", "gui_cwd"))
   env = dict(os.environ, TMPDIR=str(tmp))
-  env.pop("XLA_FLAGS", None)  # One device: 8 virtual ones would each work.
+  # One device: 8 virtual ones would each do the work.
+  env["XLA_FLAGS"] = xla_flags(1)
   with open(log, "w") as out:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bidigen.gui", f"--port={port}",

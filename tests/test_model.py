@@ -63,22 +63,23 @@ def _unet_inputs(b=2, t=9, text_dim=16):
 def test_unet_shape_and_text_conditioning(tiny):
   unet = tiny
   args = _unet_inputs()
-  params = unet.init(jax.random.key(0), *args)
+  params = jax.jit(unet.init)(jax.random.key(0), *args)
   # Output layers start at zero; perturb all params so outputs depend on
   # every input.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
   params = jax.tree.unflatten(tree, [
       l + 0.05 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-  out = unet.apply(params, *args)
+  apply = jax.jit(unet.apply)  # Op by op, four calls took 40 s on 2 cores.
+  out = apply(params, *args)
   assert out.shape == args[0].shape
   other_text = args[5] + 1.0
-  out2 = unet.apply(params, *args[:5], other_text, args[6])
+  out2 = apply(params, *args[:5], other_text, args[6])
   assert not np.allclose(out, out2), "text must reach the output"
   # Masked-out text tokens must not matter.
   mask = jnp.ones((2, 5)).at[:, 3:].set(0)
-  a = unet.apply(params, *args[:5], args[5], mask)
-  b = unet.apply(params, *args[:5], args[5].at[:, 3:].add(5.0), mask)
+  a = apply(params, *args[:5], args[5], mask)
+  b = apply(params, *args[:5], args[5].at[:, 3:].add(5.0), mask)
   np.testing.assert_allclose(a, b, atol=1e-5)
 
 
@@ -216,17 +217,21 @@ def test_bfloat16_and_remat_keep_the_parameters_and_the_numbers(tiny_config):
   params = nn.unbox(jax.jit(base.init)(jax.random.key(0), *args))
   params = jax.tree.map(  # Zero-initialised outputs would hide errors.
       lambda p: p + 0.05 * rng.normal(size=p.shape).astype(p.dtype), params)
-  # Jitted: op by op, these UNets took two minutes on 2 cores.
-  apply = lambda unet: jax.jit(unet.apply)(params, *args)
-  grad = lambda unet: jax.jit(jax.grad(
-      lambda p: jnp.mean(unet.apply(p, *args) ** 2)))(params)
-  want, grads = apply(base), grad(base)
+  # Jitted: op by op, these UNets took two minutes on 2 cores. One program
+  # a UNet gives its output and the gradient of a loss of it.
+  def run(unet):
+    def loss(p):
+      out = unet.apply(p, *args)
+      return jnp.mean(out ** 2), out
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
+    return out, grads
+  want, grads = run(base)
 
   half = build(dtype="bfloat16")
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
   assert shapes(jax.eval_shape(lambda: nn.unbox(half.init(
       jax.random.key(0), *args)))) == shapes(params)  # float32 parameters.
-  got = apply(half)
+  got = jax.jit(half.apply)(params, *args)
   assert got.dtype == jnp.float32
   err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
   assert 0 < err < 0.05, err
@@ -235,8 +240,9 @@ def test_bfloat16_and_remat_keep_the_parameters_and_the_numbers(tiny_config):
     unet = build(remat=policy)
     assert shapes(jax.eval_shape(lambda: nn.unbox(unet.init(
         jax.random.key(0), *args)))) == shapes(params)
-    np.testing.assert_allclose(apply(unet), want, atol=1e-5)
-    for g, w in zip(jax.tree.leaves(grad(unet)), jax.tree.leaves(grads)):
+    out, remat_grads = run(unet)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="remat='all'; known: none"):
     jax.eval_shape(build(remat="all").init, jax.random.key(0), *args)
