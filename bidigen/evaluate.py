@@ -126,6 +126,8 @@ class Evaluator:
 
   def run(self, windows, prompts, seeds, offsets, known, label=""):
     """uint8 windows [N, W, R, R, 3] -> completed windows, in batches."""
+    if 0 not in offsets:  # complete() takes F0's latent as the anchor.
+      raise ValueError(f"a window must contain F0, got offsets {offsets}")
     if self._fn is None:  # One program for every task's windows.
       self._fn = jax.jit(functools.partial(
           complete, unet=self.gen.unet, steps=self.steps, solver=self.solver))
