@@ -9,9 +9,12 @@ training masks are exactly the ones sampling uses.
 import jax
 import jax.numpy as jnp
 
-# Mask kinds, in the order `sample_masks` draws them.
-TASKS = ("f0_only", "forward", "backward", "interpolation")
-TASK_PROBS = (0.25, 0.3, 0.3, 0.15)
+# Mask kinds, in the order `sample_windows` draws them. TASK_PROBS is what
+# runs trained before "keyframes" and "bridge" existed used (they drew
+# neither); configs set their own mix.
+TASKS = ("f0_only", "forward", "backward", "interpolation", "keyframes",
+         "bridge")
+TASK_PROBS = (0.25, 0.3, 0.3, 0.15, 0.0, 0.0)
 
 
 def alpha_sigma(t):
@@ -26,20 +29,32 @@ def sample_windows(rng, clip_frames: int, window: int, max_context: int,
   Returns (start [B] index into the clip, known [B, window] float, task [B]).
   ``f0_only`` centres the window on F0 with F0 known; ``forward`` knows the
   first k frames, ``backward`` the last k (1 <= k <= max_context);
-  ``interpolation`` knows the first and the last frame.
+  ``interpolation`` knows the first and the last frame; ``keyframes`` 1 to
+  max_context frames anywhere in the window (a user's keyframes, or a video
+  the window only touches); ``bridge`` the first k and the last k' (a gap
+  between two known stretches, as the sampler closes one: keyframes farther
+  apart than a window, or a loop's seam).
   """
-  k_task, k_start, k_ctx = jax.random.split(rng, 3)
+  k_task, k_start, k_ctx, k_ctx2, k_pick = jax.random.split(rng, 5)
   task = jax.random.choice(k_task, len(TASKS), (batch,),
                            p=jnp.asarray(task_probs))
   centre = clip_frames // 2
   start = jax.random.randint(k_start, (batch,), 0, clip_frames - window + 1)
   start = jnp.where(task == 0, centre - window // 2, start)
-  k = jax.random.randint(k_ctx, (batch,), 1, max_context + 1)
+  k = jax.random.randint(k_ctx, (batch,), 1, max_context + 1)[:, None]
+  k2 = jax.random.randint(k_ctx2, (batch,), 1, max_context + 1)[:, None]
+  # Keep one frame unknown even when 2 * max_context >= window.
+  k2 = jnp.minimum(k2, window - 1 - k)
   idx = jnp.arange(window)[None, :]
+  # The k frames with the smallest random scores: k distinct, anywhere.
+  rank = jnp.argsort(jnp.argsort(
+      jax.random.uniform(k_pick, (batch, window)), axis=1), axis=1)
+  t = task[:, None]
   known = jnp.select(
-      [task[:, None] == 0, task[:, None] == 1, task[:, None] == 2],
-      [idx == window // 2, idx < k[:, None], idx >= window - k[:, None]],
-      (idx == 0) | (idx == window - 1))
+      [t == 0, t == 1, t == 2, t == 3, t == 4],
+      [idx == window // 2, idx < k, idx >= window - k,
+       (idx == 0) | (idx == window - 1), rank < k],
+      (idx < k) | (idx >= window - k2))
   return start, known.astype(jnp.float32), task
 
 

@@ -148,7 +148,10 @@ class Trainer:
 def loss_options(cfg) -> dict:
   """The diffusion loss's options; checkpoints from before a key existed
   get the value that reproduces how they were trained."""
-  return {"task_probs": tuple(cfg.get("task_probs", diffusion.TASK_PROBS)),
+  probs = tuple(cfg.get("task_probs", diffusion.TASK_PROBS))
+  if len(probs) == 4:  # Saved before "keyframes" and "bridge" existed.
+    probs += (0.0,) * (len(diffusion.TASKS) - 4)
+  return {"task_probs": probs,
           "motion_weight": float(cfg.get("motion_weight", 0.0)),
           "flow_weight": float(cfg.get("flow_weight", 0.0))}
 

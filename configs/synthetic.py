@@ -74,9 +74,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       grad_clip=1.0,
       ema_decay=0.999,
       text_dropout=0.1,
-      # How often each masking task is drawn: f0_only (only F0 known, the
-      # task that learns motion from text), forward, backward, interpolation.
-      task_probs=(0.25, 0.3, 0.3, 0.15),
+      # How often each masking task is drawn (bidigen.diffusion.TASKS):
+      # f0_only (only F0 known, the task that learns motion from text),
+      # forward, backward, interpolation (first and last frame), keyframes
+      # (1 to context_frames frames anywhere), bridge (context on both
+      # sides: long keyframe gaps and loop seams). F0-only keeps its share.
+      task_probs=(0.25, 0.25, 0.25, 0.1, 0.1, 0.05),
       # Up-weights the loss where frames differ from F0 (0 = plain MSE).
       motion_weight=0.0,
       # Optical-flow regularisation (diffusion.flow_loss): predicted frames

@@ -85,3 +85,9 @@ def test_checkpoint_configs_from_before_the_loss_options(tiny_config):
   opts = train.loss_options(ml_collections.ConfigDict(old))
   assert opts == {"task_probs": diffusion.TASK_PROBS, "motion_weight": 0.0,
                   "flow_weight": 0.0}
+  # Saved with the four tasks that existed before keyframes and bridge.
+  old["task_probs"] = (0.5, 0.2, 0.2, 0.1)
+  opts = train.loss_options(ml_collections.ConfigDict(old))
+  assert opts["task_probs"] == (0.5, 0.2, 0.2, 0.1, 0.0, 0.0)
+  train.validate(ml_collections.ConfigDict(
+      dict(tiny_config.to_dict(), train=old)))

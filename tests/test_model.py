@@ -97,10 +97,14 @@ def test_temporal_transformer_is_bidirectional():
 
 
 def test_training_masks_cover_the_sampling_tasks():
+  probs = (0.2, 0.2, 0.2, 0.1, 0.2, 0.1)
   start, known, task = diffusion.sample_windows(
-      jax.random.key(0), clip_frames=17, window=9, max_context=4, batch=512)
+      jax.random.key(0), clip_frames=17, window=9, max_context=4, batch=1024,
+      task_probs=probs)
   start, known, task = map(np.asarray, (start, known, task))
-  assert set(task.tolist()) == {0, 1, 2, 3}
+  assert set(task.tolist()) == set(range(6))
+  # Each task is drawn in its share (binomial sd < 0.013 at n = 1024).
+  np.testing.assert_allclose(np.bincount(task) / len(task), probs, atol=0.04)
   assert ((start >= 0) & (start <= 17 - 9)).all()
   f0 = task == 0
   assert (start[f0] == 4).all()
@@ -114,6 +118,22 @@ def test_training_masks_cover_the_sampling_tasks():
     k = int(row.sum())
     assert 1 <= k <= 4 and row[-k:].all() and not row[:-k].any()
   assert (interp[:, [0, -1]] == 1).all() and (interp[:, 1:-1] == 0).all()
+  # Keyframes: 1..4 known frames anywhere, every position and count drawn.
+  keys = known[task == 4]
+  counts = keys.sum(1)
+  assert set(counts.tolist()) == {1, 2, 3, 4}
+  assert (keys.sum(0) > 0).all()
+  # Scattered, not blocks: random 2..4 of 9 frames are contiguous < 22 %.
+  runs = [np.flatnonzero(row) for row in keys if row.sum() > 1]
+  assert np.mean([r[-1] - r[0] + 1 == len(r) for r in runs]) < 0.3
+  # Bridge: a known prefix of 1..4 and a known suffix of 1..4 frames.
+  pairs = set()
+  for row in known[task == 5]:
+    a = int(np.argmin(row))  # The first unknown frame.
+    b = 9 - int(np.argmin(row[::-1]))
+    assert row[:a].all() and not row[a:b].any() and row[b:].all()
+    pairs.add((a, 9 - b))
+  assert pairs == {(a, b) for a in range(1, 5) for b in range(1, 5)}
 
 
 def test_loss_noises_unknown_frames_and_targets_v():
