@@ -12,6 +12,7 @@ same frames however the batch is split over devices.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,153 @@ def bucket(frames_before: int, frames_after: int, window: int,
   return half + steps * new
 
 
+class Windows(NamedTuple):
+  """The windows one request denoises, in order, as arrays the compiled
+  sampler takes (so that a new plan of the same sizes compiles nothing).
+
+  Positions index the frame buffer, whose entry ``side`` is F0; ``offsets``
+  are what the model is told (consecutive within a window; past a loop's
+  seam they keep counting). ``first_*`` is one window alone; ``pos``/
+  ``offsets``/``valid`` [steps, 2, W] are pairs run as one batch, a pair's
+  two windows independent of each other (``valid`` False: padding).
+  """
+  first_pos: np.ndarray
+  first_offsets: np.ndarray
+  pos: np.ndarray
+  offsets: np.ndarray
+  valid: np.ndarray
+
+
+def plan_windows(known, frames_before: int, frames_after: int, window: int,
+                 context: int, *, loop: bool = False, side: int | None = None,
+                 steps: int | None = None) -> tuple[Windows, int, int]:
+  """Orders the windows that generate F-N..F+M around the known frames.
+
+  ``known``: offsets of the frames given (F0's, 0, among them). Only F0:
+  a window centred on it (the ``f0_only`` task), then forward and backward
+  windows, each with ``context`` known frames. Gaps between known frames
+  are filled before the ends, from both sides, and closed by one window
+  holding known frames on both sides (the ``bridge`` task), so a keyframe
+  farther than a window away is reached with context around the gap, not
+  run into. ``loop``: F+M is followed by F-N, and the seam is such a gap.
+  Windows in one round never write a frame another reads.
+
+  Returns (windows, side, steps): the buffer's half length and the pair
+  count, rounded up (``side``/``steps`` given: those) so that requests of
+  similar size share one compiled sampler.
+  """
+  n, m, w = frames_before, frames_after, window
+  size = n + 1 + m
+  if loop and size <= w:
+    raise ValueError(f"a loop needs more frames than the model's window "
+                     f"({w}); asked for {size}")
+  canon = (lambda o: (o + n) % size - n) if loop else (lambda o: o)
+  have = {canon(o) for o in known}
+  if 0 not in have or any(not -n <= o <= m for o in have):
+    raise ValueError(f"known offsets {sorted(have)} must include 0 and lie "
+                     f"in [-{n}, {m}]")
+  need = set(range(-n, m + 1))
+
+  def run_left(a, limit):   # Known frames ending at a, at most limit.
+    k = 0
+    while k < limit and canon(a - k) in have:
+      k += 1
+    return k
+
+  def run_right(b, limit):
+    k = 0
+    while k < limit and canon(b + k) in have:
+      k += 1
+    return k
+
+  def gaps():
+    """(first unknown, last unknown) of each run of needed unknown frames,
+    in unwrapped offsets; interior ones (known on both sides) first."""
+    todo = sorted(need - have)
+    if not todo:
+      return [], []
+    runs, start = [], todo[0]
+    for a, b in zip(todo, todo[1:] + [None]):
+      if b != a + 1:
+        runs.append([start, a])
+        start = b
+    if loop and len(runs) > 1 and runs[0][0] == -n and runs[-1][1] == m:
+      runs[-1][1] = runs.pop(0)[1] + size  # The run across the seam.
+    inner = [r for r in runs
+             if loop or (r[0] - 1 in have and r[1] + 1 in have)]
+    edges = [r for r in runs if r not in inner]
+    return inner, edges
+
+  def candidates():
+    inner, edges = gaps()
+    out = []
+    for p, q in inner:
+      g, a, b = q - p + 1, p - 1, q + 1
+      cl, cr = run_left(a, w), run_right(b, w)
+      if g + 2 <= w:  # Bridge: a and b in one window, context both sides.
+        # Frames beyond a and b the window holds: known ones if there are
+        # enough, split evenly where both sides have them.
+        extra = w - g - 2
+        lo, hi = max(0, extra - (cr - 1)), min(extra, cl - 1)
+        out.append(a - int(np.clip(extra // 2, min(lo, hi), max(lo, hi))))
+      else:
+        out.append(a - min(cl, context) + 1)
+        out.append(b + min(cr, context) - w)
+    if not out:
+      for p, q in edges:
+        if p > 0:   # After the last known frame: forward.
+          out.append(p - min(run_left(p - 1, w), context))
+        else:       # Before the first one: backward.
+          out.append(q + min(run_right(q + 1, w), context) + 1 - w)
+    return out
+
+  rounds = []
+  if have == {0}:
+    rounds.append([-(w // 2)])
+    have.update(canon(o) for o in range(-(w // 2), w - w // 2))
+  while need - have:
+    written, read, chosen = set(), set(), []
+    for start in candidates():
+      frames = {canon(start + i) for i in range(w)}
+      new = frames - have
+      if not new or frames & written or new & read:
+        continue
+      chosen.append(start)
+      written |= new
+      read |= frames
+    have |= written
+    rounds.append(chosen)
+
+  half, new = w // 2, w - context
+  if not rounds:
+    rounds = [[-half]]
+  reach = max(abs(canon(s + i)) for r in rounds for s in r for i in range(w))
+  first, pairs = rounds[0][0], []
+  for r in [rounds[0][1:]] + rounds[1:]:
+    pairs += [r[i:i + 2] for i in range(0, len(r), 2)]
+  if side is None:
+    side = bucket(reach, reach, w, context)
+  if reach > side:
+    raise ValueError(f"the windows reach F{reach:+d}, past the buffer's "
+                     f"{side} frames a side")
+  if steps is None:
+    steps = 0 if not pairs else 1 << (len(pairs) - 1).bit_length()
+  if len(pairs) > steps:
+    raise ValueError(f"{len(pairs)} window pairs, more than {steps}")
+  idx = np.arange(w)
+  posn = lambda s: np.array([canon(s + i) for i in idx]) + side
+  pos = np.tile(posn(first), (steps, 2, 1))
+  offs = np.tile(first + idx, (steps, 2, 1))
+  valid = np.zeros((steps, 2), bool)
+  for i, pair in enumerate(pairs):
+    for j, s in enumerate(pair):
+      pos[i, j], offs[i, j], valid[i, j] = posn(s), s + idx, True
+  windows = Windows(posn(first).astype(np.int32),
+                    (first + idx).astype(np.int32), pos.astype(np.int32),
+                    offs.astype(np.int32), valid)
+  return windows, side, steps
+
+
 def to_latents(params, images):
   """Frames [..., R, R, 3] in [-1, 1] -> normalised latents, as trained."""
   z = taef2.encode(params["autoencoder"], (images + 1.0) / 2.0)
@@ -83,105 +231,155 @@ def frame_noise(keys, offsets, shape):
   return jax.vmap(jax.vmap(one, (None, 0)), (0, 0))(keys, offsets)
 
 
+def fill_latents(unet_params, buffer, known, anchor, keys, text, text_mask,
+                 null_text, null_mask, windows: Windows, guidance, *, unet,
+                 steps: int, use_scan: bool = True, solver: str = "ddim"):
+  """Denoises the planned windows into the frame buffer, in normalised
+  latent space: buffer [B, 2S + 1, h, w, c] holds the known frames at their
+  positions (F0 at S), known [2S + 1] says which; anchor [B, h, w, c] is
+  F0's latent. Each window reads what the buffer knows by then, so a window
+  after others continues them; returns the filled buffer."""
+  b, lat = buffer.shape[0], buffer.shape[2:]
+  side = (buffer.shape[1] - 1) // 2
+  denoise = functools.partial(
+      diffusion.denoise_window, unet.apply, unet_params, steps=steps,
+      guidance=guidance, use_scan=use_scan, solver=solver)
+
+  def run(carry, pos, offsets, valid):
+    """pos/offsets [P, W], valid [P]: P windows as one batch of P * B."""
+    buffer, known = carry
+    p, w = pos.shape
+    tile = lambda a: jnp.concatenate([a] * p, axis=0)
+    per = lambda a: jnp.repeat(a, b, axis=0)  # [P, W] -> [P * B, W].
+    ctx = jnp.concatenate([buffer[:, pos[j]] for j in range(p)])
+    out = denoise(frame_noise(tile(keys), per(pos - side), lat), ctx,
+                  per(known[pos]), tile(anchor), per(offsets), tile(text),
+                  tile(text_mask), tile(null_text), tile(null_mask))
+    for j in range(p):
+      old = buffer[:, pos[j]]
+      buffer = buffer.at[:, pos[j]].set(
+          jnp.where(valid[j], out[j * b:(j + 1) * b], old))
+      known = known.at[pos[j]].max(valid[j].astype(known.dtype))
+    return (buffer, known), None
+
+  carry = run((buffer, known), windows.first_pos[None],
+              windows.first_offsets[None], jnp.ones((1,), bool))[0]
+  xs = (windows.pos, windows.offsets, windows.valid)
+  if use_scan:
+    carry, _ = jax.lax.scan(lambda c, x: run(c, *x), carry, xs)
+  else:
+    for i in range(windows.valid.shape[0]):
+      carry, _ = run(carry, *(x[i] for x in xs))
+  return carry[0]
+
+
+def generate(params, images, known_pos, known, keys, text, text_mask,
+             null_text, null_mask, windows: Windows, guidance, *, unet,
+             steps: int, use_scan: bool = True, solver: str = "ddim"):
+  """Frames from the known ones: what every request compiles to.
+
+  images [B, K, H, W, 3] in [-1, 1] are the known frames, F0 first (padding
+  repeats F0), at buffer positions known_pos [K]; known [2S + 1] marks
+  them. Returns uint8 frames [B, 2S + 1, H, W, 3], F0 at S, the known
+  frames exactly the images given.
+  """
+  b, k = images.shape[:2]
+  lats = to_latents(params, images)
+  anchor = lats[:, 0]
+  buffer = jnp.zeros((b, known.shape[0]) + lats.shape[2:], lats.dtype)
+  buffer = buffer.at[:, known_pos].set(lats)
+  buffer = fill_latents(params["unet"], buffer, known, anchor, keys, text,
+                        text_mask, null_text, null_mask, windows, guidance,
+                        unet=unet, steps=steps, use_scan=use_scan,
+                        solver=solver)
+  frames = to_frames(params, buffer).at[:, known_pos].set(images)
+  return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
 def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
            unet, window: int, context: int, frames_before: int,
            frames_after: int, steps: int, guidance: float,
            use_scan: bool = True, solver: str = "ddim"):
-  """Generates frames F-N..F+M around each image.
+  """Generates frames F-N..F+M around each image (F0 only known).
 
   Args: images [B, H, W, 3] in [-1, 1]; keys [B] (one PRNG key per sample);
   text/text_mask the prompt's tokens [B, L, D] / [B, L]; null_* the empty
   prompt's, for guidance. Returns uint8 frames [B, N + 1 + M, H, W, 3] whose
   F0 is the input image itself.
   """
-  lats = expand_latents(
-      params["unet"], to_latents(params, images), keys, text, text_mask,
-      null_text, null_mask, unet=unet, window=window, context=context,
-      frames_before=frames_before, frames_after=frames_after, steps=steps,
-      guidance=guidance, use_scan=use_scan, solver=solver)
-  frames = to_frames(params, lats)
-  frames = frames.at[:, frames_before].set(images)
-  return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+  windows, side, _ = plan_windows((0,), frames_before, frames_after, window,
+                                  context)
+  frames = generate(params, images[:, None], jnp.array([side]),
+                    jnp.zeros(2 * side + 1).at[side].set(1.0), keys, text,
+                    text_mask, null_text, null_mask, windows, guidance,
+                    unet=unet, steps=steps, use_scan=use_scan, solver=solver)
+  return frames[:, side - frames_before:side + frames_after + 1]
 
 
 def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
                    null_mask, *, unet, window: int, context: int,
                    frames_before: int, frames_after: int, steps: int,
                    guidance: float, use_scan: bool = True,
-                   solver: str = "ddim"):
+                   solver: str = "ddim", keyframes=None, loop: bool = False):
   """The expansion itself, in normalised latent space: anchor [B, h, w, c]
-  is F0's latent; returns latents [B, N + 1 + M, h, w, c]. Kept apart from
-  the autoencoder so that it can be checked against a model whose answer
-  is known."""
-  b = anchor.shape[0]
-  lat = anchor.shape[1:]
-  half, new, n_steps, side = plan(frames_before, frames_after, window,
-                                  context)
-  denoise = functools.partial(
-      diffusion.denoise_window, unet.apply, unet_params, steps=steps,
-      guidance=guidance, use_scan=use_scan, solver=solver)
-  idx = jnp.arange(window)
-
-  # The first window, centred on F0.
-  offsets = jnp.broadcast_to(idx - half, (b, window))
-  known = jnp.broadcast_to((idx == half).astype(jnp.float32), (b, window))
-  first = denoise(frame_noise(keys, offsets, lat),
-                  jnp.broadcast_to(anchor[:, None], (b, window) + lat),
-                  known, anchor, offsets, text, text_mask, null_text,
-                  null_mask)
-  buffer = jnp.zeros((b, 2 * side + 1) + lat)
-  buffer = jax.lax.dynamic_update_slice_in_dim(buffer, first, side - half, 1)
-
-  # Both directions as one batch of 2B windows per expansion step.
-  two = lambda a: jnp.concatenate([a, a], axis=0)
-  known2 = jnp.concatenate([
-      jnp.broadcast_to((idx < context).astype(jnp.float32), (b, window)),
-      jnp.broadcast_to((idx >= window - context).astype(jnp.float32),
-                       (b, window))])
-
-  def step(buffer, s):
-    fwd = side + half - context + 1 + s * new
-    bwd = side - (half - context + window + s * new)
-    ctx = jnp.concatenate([
-        jax.lax.dynamic_slice_in_dim(buffer, fwd, window, 1),
-        jax.lax.dynamic_slice_in_dim(buffer, bwd, window, 1)])
-    offs = jnp.concatenate([jnp.broadcast_to(fwd - side + idx, (b, window)),
-                            jnp.broadcast_to(bwd - side + idx, (b, window))])
-    out = denoise(frame_noise(two(keys), offs, lat), ctx, known2, two(anchor),
-                  offs, two(text), two(text_mask), two(null_text),
-                  two(null_mask))
-    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out[:b], fwd, 1)
-    buffer = jax.lax.dynamic_update_slice_in_dim(buffer, out[b:], bwd, 1)
-    return buffer, None
-
-  if use_scan:
-    buffer, _ = jax.lax.scan(step, buffer, jnp.arange(n_steps))
-  else:
-    for s in range(n_steps):
-      buffer, _ = step(buffer, s)
+  is F0's latent, keyframes {offset: latents [B, h, w, c]} any others;
+  returns latents [B, N + 1 + M, h, w, c]. Kept apart from the autoencoder
+  so that it can be checked against a model whose answer is known."""
+  keyframes = keyframes or {}
+  windows, side, _ = plan_windows((0, *keyframes), frames_before,
+                                  frames_after, window, context, loop=loop)
+  buffer = jnp.zeros((anchor.shape[0], 2 * side + 1) + anchor.shape[1:])
+  known = jnp.zeros(2 * side + 1)
+  for o, lat in {0: anchor, **keyframes}.items():
+    buffer, known = buffer.at[:, side + o].set(lat), known.at[side + o].set(1)
+  buffer = fill_latents(unet_params, buffer, known, anchor, keys, text,
+                        text_mask, null_text, null_mask, windows, guidance,
+                        unet=unet, steps=steps, use_scan=use_scan,
+                        solver=solver)
   return buffer[:, side - frames_before:side + frames_after + 1]
 
 
-def make_sampler(mesh, *, unet, batch: int, guidance: float, **kwargs):
-  """``expand`` jitted once: samples split over the mesh when they divide
-  evenly, parameters replicated. The guidance scale is an argument of the
-  compiled program, not a constant in it: ``sampler(..., guidance=g)``
-  changes it without compiling again (``guidance`` here is the default)."""
+def make_program(mesh, *, unet, batch: int, steps: int, solver: str = "ddim",
+                 use_scan: bool = True):
+  """``generate`` jitted once: samples split over the mesh when they
+  divide evenly, everything else replicated. The plan, the known frames and
+  the guidance scale are arguments, so requests whose arrays have the same
+  shapes (length bucket, window pairs, known-frame count) share one
+  compiled program."""
   rep = sharding.replicated(mesh)
   data = (sharding.batch_sharding(mesh) if batch % mesh.devices.size == 0
           else rep)
 
-  def fn(params, images, keys, text, text_mask, null_text, null_mask, g):
-    return expand(params, images, keys, text, text_mask, null_text,
-                  null_mask, unet=unet, guidance=g, **kwargs)
-  jitted = jax.jit(fn, in_shardings=(rep,) + (data,) * 6 + (rep,),
-                   out_shardings=data)
+  def fn(params, images, known_pos, known, keys, text, text_mask, null_text,
+         null_mask, windows, g):
+    return generate(params, images, known_pos, known, keys, text, text_mask,
+                    null_text, null_mask, windows, g, unet=unet, steps=steps,
+                    use_scan=use_scan, solver=solver)
+  return jax.jit(fn, in_shardings=(rep, data, rep, rep) + (data,) * 5
+                 + (rep, rep), out_shardings=data)
+
+
+def make_sampler(mesh, *, unet, batch: int, guidance: float, window: int,
+                 context: int, frames_before: int, frames_after: int,
+                 steps: int, solver: str = "ddim", use_scan: bool = True):
+  """``expand`` for one length, compiled once. The guidance scale is an
+  argument of the compiled program, not a constant in it:
+  ``sampler(..., guidance=g)`` changes it without compiling again
+  (``guidance`` here is the default)."""
+  program = make_program(mesh, unet=unet, batch=batch, steps=steps,
+                         solver=solver, use_scan=use_scan)
+  windows, side, _ = plan_windows((0,), frames_before, frames_after, window,
+                                  context)
+  known = np.zeros(2 * side + 1, np.float32)
+  known[side] = 1
 
   def sampler(params, images, keys, text, text_mask, null_text, null_mask,
               guidance=guidance):
-    return jitted(params, images, keys, text, text_mask, null_text,
-                  null_mask, np.float32(guidance))
-  sampler._cache_size = jitted._cache_size  # For the compile-count tests.
+    frames = program(params, images[:, None], np.array([side]), known, keys,
+                     text, text_mask, null_text, null_mask, windows,
+                     np.float32(guidance))
+    return frames[:, side - frames_before:side + frames_after + 1]
+  sampler._cache_size = program._cache_size  # For the compile-count tests.
   return sampler
 
 
@@ -236,8 +434,14 @@ class Generator:
   def __call__(self, images: np.ndarray, prompts, *, frames_before: int,
                frames_after: int, seed: int = 0, steps: int | None = None,
                guidance: float | None = None, keys=None,
-               solver: str | None = None) -> np.ndarray:
-    """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3]."""
+               solver: str | None = None, keyframes=None,
+               loop: bool = False) -> np.ndarray:
+    """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3].
+
+    ``keyframes`` {offset: uint8 [B, R, R, 3] or [R, R, 3]}: frames known
+    besides F0 (a user's keyframes, or a video's frames to extend); each
+    appears exactly at its offset. ``loop``: F+M leads back into F-N.
+    """
     steps = self.config.sample.steps if steps is None else steps
     # An unknown solver is refused by diffusion.denoise_window, naming
     # the known ones.
@@ -245,30 +449,46 @@ class Generator:
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
     check_settings(frames_before, frames_after, steps, guidance, seed)
+    r = self.resolution
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (self.resolution,
-                                                self.resolution, 3):
-      raise ValueError(f"images must be [B, {self.resolution}, "
-                       f"{self.resolution}, 3], got {images.shape}")
+    if images.ndim != 4 or images.shape[1:] != (r, r, 3):
+      raise ValueError(f"images must be [B, {r}, {r}, 3], got {images.shape}")
     b = images.shape[0]
     if len(prompts) != b:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
-    window = self.config.model.window
-    context = self.config.model.context_frames
-    side = bucket(frames_before, frames_after, window, context)
-    key = (side, steps, b, solver)
+    known = [images]
+    for o, frame in sorted((keyframes or {}).items()):
+      frame = np.broadcast_to(np.asarray(frame), (b, r, r, 3)) if np.ndim(
+          frame) in (3, 4) else np.asarray(frame)
+      if frame.shape != (b, r, r, 3) or o == 0 or not (
+          -frames_before <= o <= frames_after):
+        raise ValueError(
+            f"keyframe at F{o:+d}: must be a [{r}, {r}, 3] image at an "
+            f"offset in [-{frames_before}, {frames_after}] other than 0 "
+            f"(F0 is the image), got shape {frame.shape}")
+      known.append(frame)
+    offsets = [0] + sorted(keyframes or {})
+    windows, side, _ = plan_windows(
+        offsets, frames_before, frames_after, self.config.model.window,
+        self.config.model.context_frames, loop=loop)
+    # Known frames padded to a power of two with copies of F0 (written
+    # twice, the same value), so that counts in a bucket share a program.
+    pad = 1 << (len(known) - 1).bit_length()
+    known += [images] * (pad - len(known))
+    pos = np.array(offsets + [0] * (pad - len(offsets)), np.int32) + side
+    mask = np.zeros(2 * side + 1, np.float32)
+    mask[pos] = 1
+    key = (steps, b, solver)
     if key not in self._compiled:
-      self._compiled[key] = make_sampler(
-          self.mesh, unet=self.unet, batch=b, window=window, context=context,
-          frames_before=side, frames_after=side, steps=steps,
-          guidance=float(guidance), solver=solver)
-    text, mask = self.encoder.encode(list(prompts))
+      self._compiled[key] = make_program(self.mesh, unet=self.unet, batch=b,
+                                         steps=steps, solver=solver)
+    text, tmask = self.encoder.encode(list(prompts))
     null, null_mask = self.encoder.encode([""] * b)
     keys = sample_keys(seed, b) if keys is None else keys
-    x = images.astype(np.float32) / 127.5 - 1.0
+    x = np.stack(known, 1).astype(np.float32) / 127.5 - 1.0
     frames = np.asarray(self._compiled[key](
-        self.params, x, keys, text, mask, null, null_mask,
-        guidance=float(guidance)))
+        self.params, x, pos, mask, keys, text, tmask, null, null_mask,
+        windows, np.float32(guidance)))
     return frames[:, side - frames_before:side + frames_after + 1]
 
 
