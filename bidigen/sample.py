@@ -90,13 +90,13 @@ def plan_windows(known, frames_before: int, frames_after: int, window: int,
   count, rounded up (``side``/``steps`` given: those) so that requests of
   similar size share one compiled sampler.
   """
-  n, m, w = frames_before, frames_after, window
+  n, m, w = int(frames_before), int(frames_after), int(window)
   size = n + 1 + m
   if loop and size <= w:
     raise ValueError(f"a loop needs more frames than the model's window "
                      f"({w}); asked for {size}")
   canon = (lambda o: (o + n) % size - n) if loop else (lambda o: o)
-  have = {canon(o) for o in known}
+  have = {canon(int(o)) for o in known}
   if 0 not in have or any(not -n <= o <= m for o in have):
     raise ValueError(f"known offsets {sorted(have)} must include 0 and lie "
                      f"in [-{n}, {m}]")
@@ -127,8 +127,10 @@ def plan_windows(known, frames_before: int, frames_after: int, window: int,
         start = b
     if loop and len(runs) > 1 and runs[0][0] == -n and runs[-1][1] == m:
       runs[-1][1] = runs.pop(0)[1] + size  # The run across the seam.
-    inner = [r for r in runs
-             if loop or (r[0] - 1 in have and r[1] + 1 in have)]
+    # Short gaps first: a window closing one may hold frames of the next.
+    inner = sorted((r for r in runs
+                    if loop or (r[0] - 1 in have and r[1] + 1 in have)),
+                   key=lambda r: r[1] - r[0])
     edges = [r for r in runs if r not in inner]
     return inner, edges
 
@@ -139,14 +141,24 @@ def plan_windows(known, frames_before: int, frames_after: int, window: int,
       g, a, b = q - p + 1, p - 1, q + 1
       cl, cr = run_left(a, w), run_right(b, w)
       if g + 2 <= w:  # Bridge: a and b in one window, context both sides.
-        # Frames beyond a and b the window holds: known ones if there are
-        # enough, split evenly where both sides have them.
-        extra = w - g - 2
-        lo, hi = max(0, extra - (cr - 1)), min(extra, cl - 1)
-        out.append(a - int(np.clip(extra // 2, min(lo, hi), max(lo, hi))))
+        # Of the windows holding a and b: one that generates no frame
+        # beside a known frame it does not hold, then the fewest unknown
+        # frames beyond a and b, then context split evenly.
+        def cost(start):
+          frames = [canon(start + i) for i in range(w)]
+          spill = [f for f in frames[:a - start] + frames[b - start + 1:]
+                   if f not in have]
+          beside = sum(canon(f + d) in have and canon(f + d) not in frames
+                       for f in spill for d in (-1, 1))
+          return beside, len(spill), abs((a - start) - (start + w - 1 - b))
+        out.append(min(range(b - w + 1, a + 1), key=cost))
       else:
-        out.append(a - min(cl, context) + 1)
-        out.append(b + min(cr, context) - w)
+        # Forward from a and backward from b, each stopping short of the
+        # frame beside the other end (that one is for a window holding
+        # both): when a lone keyframe leaves exactly w - 1 frames, the
+        # window takes one unknown frame beyond its known end instead.
+        out.append(min(a - min(cl, context) + 1, b - 1 - w))
+        out.append(max(b + min(cr, context) - w, a + 2))
     if not out:
       for p, q in edges:
         if p > 0:   # After the last known frame: forward.

@@ -110,21 +110,25 @@ def test_noise_follows_each_sample_key(setup, sampled):
 
 
 class LinearMotionUNet:
-  """An oracle whose clip is a straight line in latent space: frame o is
-  base + o * delta, with base the mean of the anchor and of what the known
-  frames say (z_k - o_k delta). It outputs the true v for that clip, so any
-  error in the offsets, the context read from the frame buffer, where the
-  windows are written or the anchor shows in the latents.
+  """An oracle whose clip is a curve in latent space: frame o is
+  base + c(o) * delta (c(o) = o by default: a straight line), with base the
+  mean of the anchor and of what the known frames say (z_k - c(o_k) delta).
+  It outputs the true v for that clip, so any error in the offsets, the
+  context read from the frame buffer, where the windows are written or the
+  anchor shows in the latents.
   """
+
+  def __init__(self, curve=lambda o: o):
+    self.curve = curve
 
   def apply(self, params, z, known, anchor, offsets, level, text,
             text_mask):
     del text, text_mask
     delta = params["delta"]
     k = known[..., None, None, None]
-    o = offsets.astype(jnp.float32)[..., None, None, None]
-    base = jnp.sum(k * (z - o * delta), 1) / jnp.sum(k, 1)
-    x0 = 0.5 * (base + anchor)[:, None] + o * delta
+    c = self.curve(offsets.astype(jnp.float32))[..., None, None, None]
+    base = jnp.sum(k * (z - c * delta), 1) / jnp.sum(k, 1)
+    x0 = 0.5 * (base + anchor)[:, None] + c * delta
     return v_from_x0(z, x0, level)
 
 
@@ -170,3 +174,98 @@ def test_one_device_and_a_batch_of_one_give_the_frames_of_eight(setup,
   # rounding may move a pixel by one level, never more.
   assert np.abs(eight[:1] - one).max() <= 1
   assert (eight[:1] == one).mean() > 0.999
+
+
+def _oracle_clip(b=4):
+  rng = np.random.default_rng(0)
+  anchor = rng.normal(size=(b, 4, 4, 32)).astype(np.float32)
+  delta = (rng.uniform(0.1, 0.2, (4, 4, 32))
+           * rng.choice([-1, 1], (4, 4, 32))).astype(np.float32)
+  text = np.zeros((b, 2, 4), np.float32)
+  return anchor, delta, text, np.ones((b, 2), np.float32)
+
+
+@pytest.mark.parametrize("before,after,keys,loop", [
+    (4, 20, (20,), False),        # A keyframe 20 frames on: a long gap.
+    (13, 6, (-13, -5, 3), False),  # Three, both sides, one near F0.
+    (8, 8, (), True),             # A loop: F+8 leads into F-8.
+    (6, 13, (-6, 7), True),       # A loop through two keyframes.
+])
+def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
+  """The oracle's curve through F0 and the keyframes: a line, or for a loop
+  of L frames sin(2 pi o / L), which comes back to itself after L frames.
+  Every frame must be on it: a keyframe written at the wrong position, a
+  window read across the seam from the wrong frames, or told the wrong
+  offsets, moves the curve's base."""
+  size = before + 1 + after
+  curve = (lambda o: jnp.sin(2 * jnp.pi * o / size)) if loop else (
+      lambda o: o)
+  anchor, delta, text, mask = _oracle_clip()
+  on = lambda o: anchor + np.asarray(curve(np.float32(o))) * delta
+  f = jax.jit(functools.partial(
+      sample.expand_latents, unet=LinearMotionUNet(curve), window=9,
+      context=4, frames_before=before, frames_after=after, steps=2,
+      guidance=2.0, loop=loop))
+  out = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, 4),
+                     text, mask, text, mask,
+                     keyframes={o: on(o) for o in keys}))
+  want = np.stack([on(o) for o in range(-before, after + 1)], 1)
+  np.testing.assert_allclose(out, want, atol=1e-4)
+
+
+def _simulate(known, before, after, window, context, loop):
+  """Runs a plan on the host: for each frame, the window that generated it
+  and what that window knew. Checks that no window rewrites a frame."""
+  w, side, steps = sample.plan_windows(known, before, after, window,
+                                       context, loop=loop)
+  have = {side + o for o in known}
+  made = {}
+  order = [[(w.first_pos, True)]] + [
+      list(zip(w.pos[i], w.valid[i])) for i in range(steps)]
+  for pair in order:
+    ins = [set(p) & have for p, ok in pair if ok]
+    outs = [set(p) - have for p, ok in pair if ok]
+    for (p, ok), seen, new in zip([x for x in pair if x[1]], ins, outs):
+      assert len(set(p)) == window and seen, "a window knows a frame"
+      for f in new:
+        made[f] = (set(p), seen)
+    if len(outs) == 2:  # A pair's windows are independent.
+      p0, p1 = (set(p) for p, ok in pair if ok)
+      assert not outs[0] & p1 and not outs[1] & p0
+    for new in outs:
+      have |= new
+  return side, have, made
+
+
+def test_plans_reach_every_frame_and_close_gaps_from_both_sides():
+  """Random requests (keyframes, loops) on the host: every frame from F-N
+  to F+M is generated once, by windows that each know a frame; and the
+  frame beside a keyframe (on either side) comes from a window that holds
+  the keyframe, so a gap is closed with context on both sides, never run
+  into; in a loop the seam's two frames come from one window."""
+  rng = np.random.default_rng(0)
+  for case in range(300):
+    loop = case % 3 == 0
+    before, after = rng.integers(0, 30, 2)
+    if loop and before + after + 1 <= 9:
+      after += 9
+    pool = [o for o in range(-before, after + 1) if o]
+    keys = sorted(rng.choice(pool, min(len(pool), rng.integers(0, 5)),
+                             replace=False).tolist())
+    known = [0] + keys
+    side, have, made = _simulate(known, before, after, 9, 4, loop)
+    need = {side + o for o in range(-before, after + 1)}
+    assert need <= have, (known, before, after, loop)
+    size = before + after + 1
+    for k in known:
+      for d in (-1, 1):
+        o = k + d
+        if loop:
+          o = (o + before) % size - before
+        if side + o in made:
+          assert side + k in made[side + o][1], (known, before, after, loop)
+    if loop and side + after in made and side - before in made:
+      assert ({side + after, side - before} <= made[side + after][0]
+              or {side + after, side - before} <= made[side - before][0])
+  with pytest.raises(ValueError, match="loop needs more frames"):
+    sample.plan_windows([0], 4, 4, 9, 4, loop=True)
