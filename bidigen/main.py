@@ -6,6 +6,8 @@
   python -m bidigen.main --config=configs/synthetic.py --mode=sample \
       --image=bidigen/assets/examples/cat.png --prompt="a red ball moves left" \
       --frames_before=4 --frames_after=4 --seed=0 --output=out.mp4
+  (add --keyframe=end.png@16 for a keyframe, --loop for a loop, or give
+  --video=clip.mp4 instead of --image to extend a video both ways)
 On several hosts, each runs the same command plus (see launch/README.md)
   --coordinator_address=HOST0:1234 --num_processes=N --process_id=I
 which TPU VMs, Slurm and Open MPI can leave to the environment.
@@ -35,6 +37,20 @@ flags.DEFINE_enum("mode", None, list(MODES), "What to run.")
 flags.DEFINE_string("workdir", None, "Run folder (checkpoints, logs); "
                     "train resumes from it.")
 flags.DEFINE_string("image", None, "sample: the input frame F0.")
+flags.DEFINE_string("video", None, "sample: a video to extend, instead of "
+                    "--image: its frames are known at their offsets and "
+                    "--frames_before/--frames_after are added beyond its "
+                    "first and last frame (at most sample.MAX_VIDEO_FRAMES "
+                    "frames are read, at the model's fps).")
+flags.DEFINE_integer("video_frame", None, "sample: which frame of --video "
+                     "is F0 (default: the middle one).", lower_bound=0)
+flags.DEFINE_multi_string("keyframe", [], "sample: PATH@OFFSET, repeatable: "
+                          "the frame at that offset from F0 is this image "
+                          "(negative offsets are before F0); the frames "
+                          "around are generated to meet it.")
+flags.DEFINE_bool("loop", False, "sample: a seamless loop: the last frame "
+                  "leads back into the first (needs more frames than the "
+                  "model's window).")
 flags.DEFINE_string("prompt", "", "sample: text prompt; empty means none.")
 flags.DEFINE_integer("frames_before", 4, "sample: frames before F0.",
                      lower_bound=0)
@@ -103,7 +119,9 @@ def sample(config) -> None:
                  output=FLAGS.output, overwrite=FLAGS.overwrite,
                  checkpoint=FLAGS.checkpoint,
                  guidance=FLAGS.guidance, steps=FLAGS.steps,
-                 solver=FLAGS.solver)
+                 solver=FLAGS.solver, video=FLAGS.video,
+                 video_frame=FLAGS.video_frame, keyframes=FLAGS.keyframe,
+                 loop=FLAGS.loop)
 
 
 def prepare(config) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 
+import av
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
@@ -187,6 +188,69 @@ def load_image(path: str, resolution: int,
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     # PIL raises SyntaxError for some malformed headers.
     raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def resampled_frames(path: str, *, fps: float, resolution: int,
+                     max_frames: int | None = None) -> np.ndarray:
+  """The frames of the video at ``path`` at ``fps``: [N, R, R, 3] uint8.
+
+  Frame k is the source frame on screen at time k / fps after the first, so
+  N = ceil(duration * fps) (duration up to the end of the last frame), capped
+  at ``max_frames``; decoding stops there.
+
+  Raises:
+    av.FFmpegError, IndexError, ValueError: the file is no readable video.
+  """
+  limit = max_frames or float("inf")
+  eps = 1e-6  # Timestamps are exact fractions turned to floats.
+  out, prev, image = [], None, None
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    rate = stream.average_rate or stream.guessed_rate
+    for i, frame in enumerate(container.decode(stream)):
+      t = frame.time if frame.time is not None else i / float(rate)
+      if prev is None:
+        t0 = t
+      while prev is not None and len(out) < limit and (
+          t0 + len(out) / fps < t - eps):
+        image = square_frame(prev, resolution) if image is None else image
+        out.append(image)
+      if len(out) >= limit:
+        break
+      prev, prev_t, image = frame, t, None
+    if prev is None:
+      raise ValueError("no frames")
+    end = prev_t + (1 / float(rate) if rate else 0.0)
+    while len(out) < limit and t0 + len(out) / fps < end - eps:
+      image = square_frame(prev, resolution) if image is None else image
+      out.append(image)
+  return np.stack(out)
+
+
+def square_frame(frame, resolution: int) -> np.ndarray:
+  """Centre crop to a square, then resize (PIL filters antialias)."""
+  im = frame.to_image()
+  w, h = im.size
+  s = min(w, h)
+  box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+  return np.asarray(im.resize((resolution, resolution),
+                              Image.Resampling.BILINEAR, box=box))
+
+
+def load_video(path: str, resolution: int, fps: float,
+               max_frames: int) -> np.ndarray:
+  """A user's video as frames [N, R, R, 3] at ``fps`` (centre-cropped),
+  at most ``max_frames``; a bad file is a one-line ValueError."""
+  if os.path.isdir(path):
+    raise ValueError(f"video {path} is a folder, not a video file")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"video not found: {path}")
+  try:
+    return resampled_frames(path, fps=fps, resolution=resolution,
+                            max_frames=max_frames)
+  except (av.FFmpegError, IndexError, ValueError, OSError) as e:
+    raise ValueError(f"cannot read video {path}: {e}") from None
 
 
 class _TooLarge(Exception):

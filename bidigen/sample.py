@@ -504,42 +504,105 @@ class Generator:
     return frames[:, side - frames_before:side + frames_after + 1]
 
 
+def parse_keyframe(spec: str) -> tuple[str, int]:
+  """"PATH@OFFSET" -> (path, offset); the last @ splits, so paths may
+  hold one."""
+  path, at, offset = spec.rpartition("@")
+  try:
+    if not at or not path:
+      raise ValueError
+    return path, int(offset)
+  except ValueError:
+    raise ValueError(f"--keyframe={spec}: expected PATH@OFFSET, for "
+                     f"example end.png@16 or start.png@-8") from None
+
+
+# Frames of a --video read at most: each is a known frame the sampler
+# encodes, and beyond this a clip is better cut by the user.
+MAX_VIDEO_FRAMES = 256
+
+
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,
         overwrite: bool = False, checkpoint: str | None = None,
         guidance: float | None = None, steps: int | None = None,
-        solver: str | None = None, config=None) -> np.ndarray:
-  """The ``--mode=sample`` command: one image in, a video or folder out."""
+        solver: str | None = None, video: str | None = None,
+        video_frame: int | None = None, keyframes=(), loop: bool = False,
+        config=None) -> np.ndarray:
+  """The ``--mode=sample`` command: an image (and keyframes) or a video in,
+  a video or folder out."""
   import os
   import sys
   import time
   from bidigen import media
   del config  # The model's own config (saved with it) decides everything.
-  if not image:
-    raise ValueError("--image is required for --mode=sample")
+  if image and video:
+    raise ValueError("give --image or --video, not both")
+  if not image and not video:
+    raise ValueError("--image (or --video) is required for --mode=sample")
   if not output:
     raise ValueError("--output is required for --mode=sample (.mp4, .gif "
                      "or a folder)")
   check_settings(frames_before, frames_after, steps, guidance, seed)
+  keys = [parse_keyframe(k) for k in keyframes]
+  offsets = [o for _, o in keys]
+  if len(set(offsets)) < len(offsets) or 0 in offsets:
+    raise ValueError(f"--keyframe offsets {offsets} must differ and not be "
+                     f"0 (F0 is the --image)")
   media.check_output(output, overwrite=overwrite)
-  media.load_image(image, 8)  # Bad input fails before the model loads.
+  # Bad input fails before the model loads.
+  for path in [image] * bool(image) + [p for p, _ in keys]:
+    media.load_image(path, 8)
+  if video:
+    media.load_video(video, 8, 1.0, 1)
   t0 = time.time()
   gen = Generator(checkpoint)
-  frame0 = media.load_image(image, gen.resolution)
+  known = {}
+  before, after = frames_before, frames_after
+  if video:
+    clip = media.load_video(video, gen.resolution, gen.config.sample.fps,
+                            MAX_VIDEO_FRAMES)
+    i0 = len(clip) // 2 if video_frame is None else video_frame
+    if not 0 <= i0 < len(clip):
+      raise ValueError(f"--video_frame={i0}, but {video} has {len(clip)} "
+                       f"frames at {gen.config.sample.fps:g} fps")
+    frame0 = clip[i0]
+    known = {i - i0: f for i, f in enumerate(clip) if i != i0}
+    before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
+    check_settings(before, after)
+  else:
+    frame0 = media.load_image(image, gen.resolution)
+  for path, o in keys:
+    if o in known:
+      raise ValueError(f"--keyframe={path}@{o}: F{o:+d} is a frame of the "
+                       f"video already")
+    if not -before <= o <= after:
+      raise ValueError(f"--keyframe={path}@{o} is outside the frames asked "
+                       f"for (F{-before:+d} to F{after:+d}); raise "
+                       f"--frames_{'before' if o < 0 else 'after'}")
+    known[o] = media.load_image(path, gen.resolution)
   cut = gen.encoder.too_long(prompt)
   if cut:
     print(f"bidigen: warning: {cut}", file=sys.stderr, flush=True)
-  total = frames_before + 1 + frames_after
-  print(f"sampling {total} frames ({frames_before} before, {frames_after} "
-        f"after) at {gen.resolution}px, prompt {prompt!r} ...", flush=True)
-  frames = gen(frame0[None], [prompt], frames_before=frames_before,
-               frames_after=frames_after, seed=seed, steps=steps,
-               guidance=guidance, solver=solver)[0]
+  total = before + 1 + after
+  print(f"sampling {total} frames ({before} before, {after} after"
+        f"{', ' + str(len(known)) + ' known' if known else ''}"
+        f"{', looped' if loop else ''}) at {gen.resolution}px, prompt "
+        f"{prompt!r} ...", flush=True)
+  frames = gen(frame0[None], [prompt], frames_before=before,
+               frames_after=after, seed=seed, steps=steps,
+               guidance=guidance, solver=solver,
+               keyframes={o: f[None] for o, f in known.items()},
+               loop=loop)[0]
   media.write_output(
-      frames, -frames_before, output, fps=gen.config.sample.fps,
+      frames, -before, output, fps=gen.config.sample.fps,
       overwrite=overwrite,
-      info={"image": os.path.abspath(image), "prompt": prompt, "seed": seed,
-            "frames_before": frames_before, "frames_after": frames_after,
+      info={"image": image and os.path.abspath(image),
+            "video": video and os.path.abspath(video),
+            "video_frame": video and i0,
+            "keyframes": {str(o): os.path.abspath(p) for p, o in keys},
+            "loop": loop, "prompt": prompt, "seed": seed,
+            "frames_before": before, "frames_after": after,
             "steps": steps or gen.config.sample.steps,
             "solver": solver or gen.config.sample.get("solver", "ddim"),
             "guidance": (gen.config.sample.guidance if guidance is None

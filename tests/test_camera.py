@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bidigen import media
 from bidigen import metrics
 from bidigen.data import camera
 from bidigen.data import synthetic
@@ -115,7 +116,7 @@ def test_eval_only_clips_are_never_used(builder, clips_dir):
     assert magenta.mean() < 0.01, text(e, "photo")
   # What a build would have used had the clip been `train` (the check above
   # would then fail): its frames are magenta.
-  frames = videos.resampled_frames(os.path.join(clips_dir, "private.mp4"),
+  frames = media.resampled_frames(os.path.join(clips_dir, "private.mp4"),
                                    fps=1, resolution=R)
   assert ((frames[..., 0] > 150) & (frames[..., 2] > 150)
           & (frames[..., 1] < 60)).mean() > 0.5

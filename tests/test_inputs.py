@@ -130,3 +130,34 @@ def test_gui_settings_convert_or_say_why(before, after, seed, steps,
   sample.check_settings(kw["frames_before"], kw["frames_after"], kw["steps"],
                         kw["guidance"], kw["seed"])
   assert max(kw["frames_before"], kw["frames_after"]) <= max_frames
+
+
+def test_keyframe_loop_and_video_requests_are_checked_first(tmp_path):
+  """Each mistake is one ValueError naming it, raised before the model
+  loads (so in well under a second), and nothing is written."""
+  image = str(tmp_path / "f0.png")
+  Image.new("RGB", (8, 8)).save(image)
+  (tmp_path / "clip.mp4").write_bytes(b"not a video")
+  out = str(tmp_path / "out.mp4")
+  kw = dict(prompt="", frames_before=4, frames_after=8, seed=0, output=out)
+  cases = [
+      (dict(image=image, video=image), "give --image or --video, not both"),
+      (dict(image=None), "--image (or --video) is required"),
+      (dict(image=image, keyframes=["end.png"]), "expected PATH@OFFSET"),
+      (dict(image=image, keyframes=[f"{image}@x"]), "expected PATH@OFFSET"),
+      (dict(image=image, keyframes=[f"{image}@3", f"{image}@3"]),
+       "must differ and not be 0"),
+      (dict(image=image, keyframes=[f"{image}@0"]), "must differ and not "),
+      (dict(image=image, keyframes=[f"{tmp_path}/no.png@3"]),
+       "image not found"),
+      (dict(image=None, video=str(tmp_path / "clip.mp4")),
+       "cannot read video"),
+      (dict(image=None, video=str(tmp_path / "none.mp4")), "video not found"),
+      (dict(image=None, video=str(tmp_path)), "is a folder"),
+  ]
+  for args, needle in cases:
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+      sample.run(**{**kw, **args})
+    assert needle in str(e.value) and one_line(e.value), (args, e.value)
+  assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "f0.png"]
+  assert sample.parse_keyframe("a@b.png@-8") == ("a@b.png", -8)

@@ -444,6 +444,39 @@ def test_mixture_config_sources_follow_the_top_level(tmp_path):
   assert config.model.text.max_length == 64 and config.eval.data == "clips"
 
 
+def test_generator_keyframes_and_loops_reuse_one_program(straight_run):
+  """Keyframes, loops and plain expansion are one compiled program: a
+  request compiles only for new array shapes (buffer, window pairs, known
+  frames), so moving a keyframe or switching the loop on does not. Known
+  frames come out exactly as given."""
+  from bidigen import sample
+  _, wd = straight_run
+  gen = sample.Generator(wd)
+  rng = np.random.default_rng(0)
+  image, other = rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8)
+  # Perturbed weights, so that what a window knows shows in its frames (the
+  # 6-step run's copy F0 whatever they are told).
+  gen.params = dict(gen.params, unet=jax.device_put(jax.tree.map(
+      lambda p: p + 0.02 * rng.normal(size=p.shape).astype(p.dtype),
+      jax.device_get(gen.params["unet"])), sharding.replicated(gen.mesh)))
+  run = lambda **kw: gen(image, ["a red ball moves left"], frames_before=6,
+                         frames_after=9, seed=1, steps=2, **kw)
+  plain, looped = run(), run(loop=True)
+  programs = lambda: sum(f._cache_size() for f in gen._compiled.values())
+  assert programs() == 1
+  assert looped.shape == plain.shape == (1, 16, 64, 64, 3)
+  np.testing.assert_array_equal(looped[:, 6], image)
+  # The loop closes its seam with a window across it: the ends change.
+  assert np.abs(looped[:, 0].astype(int) - plain[:, 0]).mean() > 1
+  a, b = run(keyframes={-5: other}), run(keyframes={-6: other[0]})
+  assert programs() == 2
+  np.testing.assert_array_equal(a[:, 1], other)
+  np.testing.assert_array_equal(b[:, 0], other)
+  np.testing.assert_array_equal(a[:, 6], image)
+  with pytest.raises(ValueError, match="offset in"):
+    run(keyframes={12: other})
+
+
 def test_generator_compiles_once_per_length_bucket(straight_run):
   """Frame counts within a bucket (expansion steps rounded up to a power of
   two) and any guidance scale reuse one compiled sampler, and give the

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bidigen import data
+from bidigen import media
 from bidigen.data import pipeline
 from bidigen.data import videos
 from configs import clips as clips_config
@@ -125,14 +126,14 @@ def test_clips_shapes_captions_and_splits(built):
 
 def test_resampling_follows_duration():
   for name, (_, frames) in CLIPS.items():
-    video = videos.resampled_frames(sample_video(name), fps=FPS, resolution=R)
+    video = media.resampled_frames(sample_video(name), fps=FPS, resolution=R)
     assert video.shape == (frames, R, R, 3), name
   bikes = sample_video("bikes.mp4")  # 25 fps: half the rate, every 2nd frame.
-  full = videos.resampled_frames(bikes, fps=25, resolution=R)
-  half = videos.resampled_frames(bikes, fps=12.5, resolution=R)
+  full = media.resampled_frames(bikes, fps=25, resolution=R)
+  half = media.resampled_frames(bikes, fps=12.5, resolution=R)
   assert len(full) == 250 and len(half) == 125
   np.testing.assert_array_equal(half, full[::2])
-  capped = videos.resampled_frames(bikes, fps=12.5, resolution=R,
+  capped = media.resampled_frames(bikes, fps=12.5, resolution=R,
                                    max_frames=20)
   np.testing.assert_array_equal(capped, half[:20])
 

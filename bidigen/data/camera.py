@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bidigen import media
 from bidigen import metrics
 from bidigen.data import synthetic
 from bidigen.data import videos
@@ -341,7 +342,7 @@ def load_photos(split: str, resolution: int, clips_dir: str = "",
       with av.open(path) as f:
         side = min(f.streams.video[0].width, f.streams.video[0].height)
       # One frame a second, centre-cropped to a square at its own size.
-      frames = videos.resampled_frames(path, fps=1, resolution=side)
+      frames = media.resampled_frames(path, fps=1, resolution=side)
     except Exception as e:  # A bad file is skipped, never fatal.
       logging.warning("skipping unreadable clip %s: %s", path, e)
       continue

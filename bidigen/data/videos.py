@@ -35,64 +35,16 @@ import hashlib
 import os
 
 from absl import logging
-import av
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+
+from bidigen import media
 
 CAPTIONS_CSV = "captions.csv"
 # Beside captions.csv, optional: each video's origin, licence and ``use``.
 SOURCES_TSV = "SOURCES.tsv"
 USES = ("train", "eval_only")
 SPLITS = ("hash", "uses")
-
-
-def resampled_frames(path: str, *, fps: float, resolution: int,
-                     max_frames: int | None = None) -> np.ndarray:
-  """The frames of the video at ``path`` at ``fps``: [N, R, R, 3] uint8.
-
-  Frame k is the source frame on screen at time k / fps after the first, so
-  N = ceil(duration * fps) (duration up to the end of the last frame), capped
-  at ``max_frames``; decoding stops there.
-
-  Raises:
-    av.FFmpegError, IndexError, ValueError: the file is no readable video.
-  """
-  limit = max_frames or float("inf")
-  eps = 1e-6  # Timestamps are exact fractions turned to floats.
-  out, prev, image = [], None, None
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    rate = stream.average_rate or stream.guessed_rate
-    for i, frame in enumerate(container.decode(stream)):
-      t = frame.time if frame.time is not None else i / float(rate)
-      if prev is None:
-        t0 = t
-      while prev is not None and len(out) < limit and (
-          t0 + len(out) / fps < t - eps):
-        image = _square(prev, resolution) if image is None else image
-        out.append(image)
-      if len(out) >= limit:
-        break
-      prev, prev_t, image = frame, t, None
-    if prev is None:
-      raise ValueError("no frames")
-    end = prev_t + (1 / float(rate) if rate else 0.0)
-    while len(out) < limit and t0 + len(out) / fps < end - eps:
-      image = _square(prev, resolution) if image is None else image
-      out.append(image)
-  return np.stack(out)
-
-
-def _square(frame, resolution: int) -> np.ndarray:
-  """Centre crop to a square, then resize (PIL filters antialias)."""
-  im = frame.to_image()
-  w, h = im.size
-  s = min(w, h)
-  box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-  return np.asarray(im.resize((resolution, resolution),
-                              Image.Resampling.BILINEAR, box=box))
 
 
 def bucket(key: str) -> float:
@@ -228,7 +180,7 @@ class _VideoBuilder(tfds.core.GeneratorBasedBuilder):
         stats["missing"] += 1
         continue
       try:
-        frames = resampled_frames(path, fps=c.fps, resolution=c.resolution,
+        frames = media.resampled_frames(path, fps=c.fps, resolution=c.resolution,
                                   max_frames=c.clips_per_video * c.num_frames)
       except Exception as e:  # Any decoder failure is a bad file, not a bad run.
         logging.warning("skipping unreadable video %s: %s", path, e)
