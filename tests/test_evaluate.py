@@ -169,7 +169,9 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
   assert report["num_clips"] == 2 and report["samples_per_clip"] == 1
   tasks = report["tasks"]
   assert set(tasks) == {"bidirectional", "forward", "backward",
-                        "interpolation", "rollout"}
+                        "interpolation", "rollout", "keyframes2",
+                        "keyframes3", "extension", "loop"}
+  check_keyframe_tasks(tasks, config)
   assert set(tasks["bidirectional"]) == {"model", "no_text",
                                          "model_paraphrase", "copy_f0",
                                          "ground_truth"}
@@ -190,15 +192,49 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
   assert report["fvd"] == "not computed: config.eval.fvd is off"
   assert report["lpips"].startswith("LPIPS alexnet")
   for task, rows in tasks.items():
-    for variant in ("model", "no_text", "copy_f0"):
+    for variant in [v for v in rows if v not in ("ground_truth",)
+                    and task != "loop"]:
       assert 0 < rows[variant]["lpips"] < 1, (task, variant)
   with open(os.path.join(out, "report.md")) as f:
     md = f.read()
   assert "## bidirectional" in md and "| copy_f0 |" in md
   sheets = sorted(os.listdir(os.path.join(out, "sheets")))
-  assert "bidirectional_clip000.png" in sheets and len(sheets) == 10
+  assert "bidirectional_clip000.png" in sheets and len(sheets) == 18
   sheet = np.asarray(Image.open(os.path.join(out, "sheets", sheets[0])))
   assert sheet.shape[0] > 2 * 32  # Ground truth above, generated below.
+
+
+def check_keyframe_tasks(tasks, config):
+  """Issue 16's rows: the baselines recomputed from the clips, the model's
+  rows over the frames it generated, and the loop's seam."""
+  from bidigen import data as data_lib
+  source = data_lib.get_builder(config.data).as_data_source(split="test")
+  videos = np.stack([np.asarray(source[i]["video"]) for i in range(2)])
+  c = videos.shape[1] // 2
+  blend = lambda a, b, t: np.round((1 - t) * a.astype(np.float32)
+                                   + t * b).astype(np.uint8)
+  p = [metrics.psnr(blend(videos[:, c], videos[:, c + 8], k / 8),
+                    videos[:, c + k]).mean() for k in range(1, 8)]
+  rows = tasks["keyframes2"]
+  assert rows["linear_blend"]["psnr"] == pytest.approx(np.mean(p), rel=1e-5)
+  assert sorted(rows["model"]["psnr_by_offset"], key=int) == [
+      str(k) for k in range(1, 8)]
+  assert set(rows) == {"model", "no_text", "linear_blend",
+                       "flow_interpolation"}
+  assert len(tasks["keyframes3"]["model"]["psnr_by_offset"]) == 14
+  ext = tasks["extension"]
+  assert set(ext) == {"model", "no_text", "copy_nearest", "linear_flow"}
+  assert sorted(ext["model"]["psnr_by_offset"], key=int) == [
+      str(o) for o in range(-8, 9) if abs(o) > 4]
+  near = [metrics.psnr(videos[:, c + (4 if o > 0 else -4)],
+                       videos[:, c + o]).mean()
+          for o in range(-8, 9) if abs(o) > 4]
+  assert ext["copy_nearest"]["psnr"] == pytest.approx(np.mean(near),
+                                                      rel=1e-5)
+  seams = tasks["loop"]
+  assert seams["ground_truth"]["loop_seam"] == pytest.approx(np.mean(
+      [metrics.loop_seam(v) for v in videos]))
+  assert np.isfinite(seams["model"]["loop_seam"])
 
 
 def check_baselines_against_the_clips(tasks, config):
