@@ -150,11 +150,12 @@ def sampling(checkpoint, repeats, peak):
   steady = timed(lambda: call(4, 4), max(1, repeats // 2))
   same_bucket = wall(lambda: call(3, 4))
   guidance = wall(lambda: call(4, 4, guidance=1.5))
+  programs = sum(f._cache_size() for f in gen._compiled.values())
   print(f"sampler compile, 9 frames: first call {first:.1f} s (steady "
         f"{steady:.1f} s, so ~{first - steady:.1f} s compiling); 8 frames, "
         f"the same bucket: {same_bucket:.1f} s; guidance 1.5 instead of "
-        f"{cfg.sample.guidance:g}: {guidance:.1f} s ({len(gen._compiled)} "
-        f"program{'s' * (len(gen._compiled) > 1)} compiled)")
+        f"{cfg.sample.guidance:g}: {guidance:.1f} s ({programs} "
+        f"program{'s' * (programs > 1)} compiled)")
 
   # FLOPs of one guided UNet call (2 windows) and of TAEF2 per frame.
   h = models.latent_shape(gen.resolution)
