@@ -1,4 +1,5 @@
-"""A web GUI: one image and a prompt in, a video and its frames out.
+"""A web GUI: one image (or a video) and a prompt in, a video and its
+frames out; keyframes on a timeline and a loop switch beside them.
 
   python -m bidigen.gui [--checkpoint=DIR] [--port=7860] [--host=127.0.0.1]
       [--share]
@@ -12,6 +13,11 @@ context frames) more on that side, from the same image, prompt, seed, steps
 and guidance. Noise is drawn per frame offset and both directions advance
 together, so the frames already shown come back unchanged and the new ones
 join at that end; the result costs a full sampling run (and a compile).
+
+Keyframes (an image at an offset from F0), the loop switch and a video to
+extend go to the same compiled sampler as plain expansion (see
+sample.plan_windows): the frames given appear exactly, the rest is
+generated to meet them.
 
 The sampler is one compiled call, so the progress bar moves by stages.
 """
@@ -126,6 +132,50 @@ def check_settings(frames_before, frames_after, seed, steps, guidance, *,
   return kw
 
 
+KEYFRAME_SLOTS = 3  # Keyframe rows on the page.
+MAX_VIDEO_FRAMES = 64  # Frames of an uploaded video read (model fps).
+
+
+def upload_video_path(payload, allowed=None) -> str | None:
+  """``upload_path`` for a video input (gradio nests its file)."""
+  if isinstance(payload, dict) and isinstance(payload.get("video"), dict):
+    payload = payload["video"]
+  return upload_path(payload, allowed)
+
+
+def check_keyframes(slots, frames_before: int, frames_after: int,
+                    allowed=None) -> dict:
+  """(image payload, offset) pairs from the page -> {offset: path}, with
+  empty rows skipped; ValueError in words."""
+  out = {}
+  for i, (image, offset) in enumerate(slots, 1):
+    path = upload_path(image, allowed)
+    if not path:
+      continue
+    check_image(path)
+    o = _whole(f"Keyframe {i}'s offset", offset, -frames_before,
+               frames_after)
+    if o == 0 or o in out:
+      raise ValueError(f"Keyframe {i}'s offset {o:+d} is "
+                       + ("F0, the image itself." if o == 0 else
+                          "taken by another keyframe."))
+    out[o] = path
+  return out
+
+
+def timeline(frames_before: int, frames_after: int, known, loop: bool,
+             video: bool = False) -> str:
+  """One line for the page: the frames asked for, with what is known."""
+  known = set(known)
+  label = lambda o: ("**F0 (image)**" if o == 0 else f"**F{o:+d} (keyframe)**"
+                     if o in known else f"F{o:+d}")
+  line = " … ".join(label(o) for o in sorted(
+      {-frames_before, frames_after, 0} | known))
+  if video:
+    line += ", beyond the video's frames"
+  return "Timeline: " + line + (", looped back to the start" if loop else "")
+
+
 def captions(frames_before: int, count: int) -> list[str]:
   """Offset labels in time order: F-4 ... F0 ... F+4."""
   return [f"F{o:+d}" if o else "F0"
@@ -163,31 +213,72 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
   def run(frame0, prompt, kw, progress):
     total = kw["frames_before"] + 1 + kw["frames_after"]
     setting = (kw["frames_before"], kw["frames_after"], kw["steps"],
-               kw["guidance"])
+               kw["guidance"], tuple(sorted(kw["keyframes"])), kw["loop"])
     note = "" if setting in compiled else " (compiling this setting first)"
     progress(0.1, desc=f"Sampling {total} frames{note}")
     t0 = time.time()
-    frames = gen(frame0[None], [prompt], **kw)[0]
+    args = {k: kw[k] for k in ("frames_before", "frames_after", "seed",
+                               "steps", "guidance", "loop")}
+    try:
+      frames = gen(frame0[None], [prompt], **args, keyframes={
+          o: f[None] for o, f in kw["keyframes"].items()})[0]
+    except ValueError as e:  # A loop shorter than a window, say.
+      raise gr.Error(str(e)) from None
     compiled.add(setting)
     took = time.time() - t0
     progress(0.9, desc="Writing the video")
     video = write_video(frames, kw["frames_before"], folder, fps=cfg.fps)
     labels = captions(kw["frames_before"], len(frames))
     last = dict(frame0=frame0, prompt=prompt, **kw)
+    keys = sorted(kw["keyframes"])
+    clip = sum(kw["extra"].values())
+    known = (f"; {clip + 1} frames from the video" if clip else
+             f"; keyframes at {', '.join(f'F{o:+d}' for o in keys)}"
+             if keys else "")
     summary = (f"{total} frames, {labels[0]} to {labels[-1]}, at "
                f"{gen.resolution}x{gen.resolution} px; seed {kw['seed']}, "
-               f"{kw['steps']} steps, guidance {kw['guidance']:g}; sampled "
-               f"in {took:.1f} s.")
+               f"{kw['steps']} steps, guidance {kw['guidance']:g}{known}"
+               f"{'; looped' if kw['loop'] else ''}; sampled in "
+               f"{took:.1f} s.")
     return video, list(zip(frames, labels)), last, summary
 
-  def read(image, before, after, seed, steps, guidance):
-    """The request's F0 and sampler keywords, or gr.Error in words."""
+  def read(image, before, after, seed, steps, guidance, loop, video,
+           video_frame, *slots):
+    """The request's F0 and sampler keywords (keyframes, loop), or
+    gr.Error in words. A video's frames are keyframes at their offsets
+    from the one picked as F0; before/after extend beyond its ends."""
     try:
-      path = upload_path(image)
-      check_image(path)
       kw = check_settings(before, after, seed, steps, guidance,
                           max_frames=max_frames)
-      return media.load_image(path, gen.resolution), kw
+      path = upload_video_path(video)
+      known = {}
+      if path:
+        clip = media.load_video(path, gen.resolution, cfg.fps,
+                                MAX_VIDEO_FRAMES)
+        # -1 (the page's default) or empty: the middle frame.
+        i0 = (len(clip) // 2 if video_frame in (None, "", -1) else
+              _whole("F0's frame of the video", video_frame, 0,
+                     len(clip) - 1))
+        frame0 = clip[i0]
+        known = {i - i0: f for i, f in enumerate(clip) if i != i0}
+        kw["extra"] = {"frames_before": i0,
+                       "frames_after": len(clip) - 1 - i0}
+      else:
+        path = upload_path(image)
+        check_image(path)
+        frame0 = media.load_image(path, gen.resolution)
+      pairs = list(zip(slots[::2], slots[1::2]))
+      for o, p in check_keyframes(pairs, kw["frames_before"],
+                                  kw["frames_after"]).items():
+        if o in known:
+          raise ValueError(f"A keyframe at F{o:+d} falls on a frame of the "
+                           "video.")
+        known[o] = media.load_image(p, gen.resolution)
+      kw.setdefault("extra", {"frames_before": 0, "frames_after": 0})
+      for k, n in kw["extra"].items():
+        kw[k] += n
+      kw.update(keyframes=known, loop=bool(loop))
+      return frame0, kw
     except ValueError as e:
       raise gr.Error(str(e)) from None
 
@@ -204,16 +295,18 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
 
   def expander(side):
     def expand(last, progress=gr.Progress()):
-      if last is None or last[side] + grow > max_frames:
+      if last is None or last[side] - last["extra"][side] + grow > (
+          max_frames):
         gr.Warning("Generate a video first, then expand it." if last is None
                    else f"At most {max_frames} frames a side "
                    "(--max_frames).")
         return (gr.skip(),) * 6
-      kw = {k: last[k] for k in ("frames_before", "frames_after", "seed",
-                                  "steps", "guidance")}
+      kw = dict(last)
       kw[side] += grow
-      return run(last["frame0"], last["prompt"], kw, progress) + (
-          kw["frames_before"], kw["frames_after"])
+      extra = kw["extra"]  # A video's frames beyond F0, not typed.
+      return run(kw.pop("frame0"), kw.pop("prompt"), kw, progress) + (
+          kw["frames_before"] - extra["frames_before"],
+          kw["frames_after"] - extra["frames_after"])
     return expand
 
   with gr.Blocks(title="bidigen", delete_cache=(3600, 3600)) as app:
@@ -243,6 +336,31 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
         guidance = gr.Slider(0, 10, value=cfg.guidance, step=0.5,
                              elem_id="guidance",
                              label="Guidance (0: ignore the prompt)")
+        loop = gr.Checkbox(label="Loop: the last frame leads back into the "
+                           "first", elem_id="loop")
+        with gr.Accordion("Keyframes: images the video passes through",
+                          open=False, elem_id="keyframes"):
+          slots = []
+          for i in range(1, KEYFRAME_SLOTS + 1):
+            with gr.Row():
+              slots.append(gr.Image(label=f"Keyframe {i}", type="filepath",
+                                    height=120, elem_id=f"keyframe{i}",
+                                    sources=["upload", "clipboard"]))
+              slots.append(gr.Number(
+                  label="at offset", precision=0, elem_id=f"offset{i}",
+                  info="frames from F0; negative: before it"))
+        with gr.Accordion("Extend a video instead of an image", open=False,
+                          elem_id="extend"):
+          clip = gr.Video(label="Video to extend", sources=["upload"],
+                          elem_id="clip", height=160)
+          clip_frame = gr.Number(
+              label="Which of its frames is F0", value=-1, precision=0,
+              elem_id="clip_frame",
+              info=f"-1: the middle one; at most {MAX_VIDEO_FRAMES} "
+              f"frames at {cfg.fps} fps are read; the frame counts above "
+              "are added beyond its ends")
+        line = gr.Markdown(timeline(cfg.frames_before, cfg.frames_after, (),
+                                    False), elem_id="timeline")
         go = gr.Button("Generate", variant="primary", elem_id="generate")
         gr.Examples([[os.path.join(media.EXAMPLES, f), p]
                      for f, p in EXAMPLES], inputs=[image, prompt])
@@ -258,8 +376,21 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
         gallery = gr.Gallery(label="Frames", columns=6, format="png",
                              object_fit="contain", height="auto",
                              elem_id="gallery")
-    inputs = [image, prompt, before, after, seed, steps, guidance]
+    inputs = [image, prompt, before, after, seed, steps, guidance, loop,
+              clip, clip_frame] + slots
     outputs = [video, gallery, last, summary]
+
+    def show(before, after, loop, clip, *slots):
+      try:
+        offsets = [int(o) for k, o in zip(slots[::2], slots[1::2])
+                   if k and o not in (None, "")]
+        return timeline(int(before), int(after), offsets, bool(loop),
+                        bool(clip))
+      except (TypeError, ValueError, OverflowError):
+        return "Timeline: set whole numbers of frames and offsets."
+    for part in [before, after, loop, clip] + slots:
+      part.change(show, [before, after, loop, clip] + slots, line,
+                  show_progress="hidden")
     # Raw inputs, so that a bad upload reaches check_image and its message;
     # checked in a step of its own, so that outputs keep the last result.
     go.click(check, inputs, None, preprocess=False).success(

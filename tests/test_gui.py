@@ -62,6 +62,32 @@ def test_check_image_accepts_an_image_and_explains_bad_ones(tmp_path):
       gui.upload_path({"path": bad}, [str(up)])
 
 
+def test_keyframes_timeline_and_video_inputs(tmp_path):
+  allowed = [media.EXAMPLES]
+  other = os.path.join(media.EXAMPLES, "coffee.png")
+  slots = [({"path": EXAMPLE}, 8), (None, 3), ({"path": other}, -2.0)]
+  assert gui.check_keyframes(slots, 4, 8, allowed) == {8: EXAMPLE,
+                                                      -2: other}
+  for bad, match in [
+      ([({"path": EXAMPLE}, 9)], "Keyframe 1's offset must be a whole number "
+       "from -4 to 8, got 9"),
+      ([(None, 1), ({"path": EXAMPLE}, 0)], r"Keyframe 2's offset \+0 is F0"),
+      ([({"path": EXAMPLE}, 3), ({"path": other}, 3)], "taken by another"),
+      ([({"path": EXAMPLE}, None)], "Keyframe 1's offset"),
+      ([({"path": "/etc/passwd"}, 2)], "Upload the image through the page"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      gui.check_keyframes(bad, 4, 8, allowed)
+  assert gui.timeline(4, 12, [8], True) == (
+      "Timeline: F-4 … **F0 (image)** … **F+8 (keyframe)** … F+12, looped "
+      "back to the start")
+  assert gui.timeline(0, 4, [], False, video=True) == (
+      "Timeline: **F0 (image)** … F+4, beyond the video's frames")
+  nested = {"video": {"path": EXAMPLE}, "subtitles": None}
+  assert gui.upload_video_path(nested, allowed) == EXAMPLE
+  assert gui.upload_video_path(None, allowed) is None
+
+
 def test_check_settings_converts_and_rejects_out_of_range():
   kw = gui.check_settings(2, 3.0, 7, 4, 2.5, max_frames=64)
   assert kw == dict(frames_before=2, frames_after=3, seed=7, steps=4,
@@ -222,6 +248,43 @@ def test_generate_in_the_browser(server, page, tmp_path):
   page.screenshot(path=str(shot), full_page=True)
   print(f"after 'Expand forwards': {shot}")
 
+  # A keyframe on the timeline and the loop switch.
+  page.locator("#keyframes").get_by_text("Keyframes").first.click()
+  other = os.path.join(media.EXAMPLES, "coffee.png")
+  page.locator("#keyframe1 input[type=file]").set_input_files(other)
+  page.locator("#keyframe1 img").first.wait_for(timeout=60_000)
+  page.locator("#offset1 input").fill(str(grown))
+  page.locator("#offset1 input").press("Enter")
+  page.locator("#loop input").check()
+  page.locator("#timeline").filter(has_text=f"F+{grown} (keyframe)").filter(
+      has_text="looped").wait_for(timeout=30_000)
+  page.locator("#generate").click()
+  page.locator("#summary").filter(has_text=f"keyframes at F+{grown}").filter(
+      has_text="looped").wait_for(timeout=300_000)
+  _check_result(page, BEFORE + 1 + grown, BEFORE)
+
+  # A video instead of the image: its frames known, two more each side.
+  clip = tmp_path / "clip.mp4"
+  image = np.asarray(Image.open(EXAMPLE).convert("RGB").resize((64, 64)))
+  media.write_output(np.stack([np.roll(image, 2 * i, 1) for i in range(6)]),
+                     0, str(clip), fps=_MODEL_SAMPLE["fps"])
+  page.reload()  # A fresh page: no image, keyframe or loop.
+  page.locator("#steps input[type=number]").fill(str(STEPS))
+  page.locator("#steps input[type=number]").press("Enter")
+  page.locator("#extend").get_by_text("Extend a video").first.click()
+  page.locator("#clip input[type=file]").set_input_files(str(clip))
+  page.locator("#clip video").first.wait_for(timeout=60_000)
+  page.locator("#frames_before input").fill("2")
+  page.locator("#frames_after input").fill("2")
+  page.locator("#generate").click()
+  page.locator("#summary").filter(has_text="6 frames from the video").wait_for(
+      timeout=300_000)
+  # F0 is the video's frame 3 (the middle): 3 + 2 before, 2 + 2 after.
+  page.locator("#gallery .caption-label").filter(has_text="F-5").wait_for(
+      timeout=30_000)
+  _check_result(page, 2 + 6 + 2, 2 + 3)
+  assert proc.poll() is None, log.read_text()
+
 
 def _check_result(page, count: int, before: int) -> None:
   """The gallery holds ``count`` captioned frames; the video decodes."""
@@ -262,7 +325,9 @@ def test_server_survives_bad_requests_and_writes_only_its_temp(server,
   url, proc, log, tmp, cwd = server
   client = gradio_client.Client(url, verbose=False)
   guidance = _MODEL_SAMPLE["guidance"]
-  settings = [BEFORE, AFTER, 0, STEPS, guidance]
+  # Loop, video, its F0 frame and three empty keyframe rows.
+  settings = [BEFORE, AFTER, 0, STEPS, guidance, False, None, -1] + [
+      None, None] * gui.KEYFRAME_SLOTS
 
   secret = tmp_path / "secret.png"  # A real image the server may not read.
   Image.new("RGB", (64, 64), "red").save(secret)
