@@ -10,8 +10,10 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
+from bidigen import media
 from tests.conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +66,10 @@ def run_notebook(tmp_path, monkeypatch, python) -> list:
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_FRAMES", str(FRAMES))
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_STEPS", str(STEPS))
   monkeypatch.setenv("BIDIGEN_NOTEBOOK_OUTPUT", str(output))
+  # A keyframe as the last frame: the video must end on it.
+  keyframe = os.path.join(media.EXAMPLES, "coffee.png")
+  monkeypatch.setenv("BIDIGEN_NOTEBOOK_KEYFRAME", keyframe)
+  monkeypatch.setenv("BIDIGEN_NOTEBOOK_KEYFRAME_OFFSET", str(FRAMES))
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # Which Python ran it, and whose bidigen (the test's own cell, last).
@@ -86,6 +92,10 @@ def run_notebook(tmp_path, monkeypatch, python) -> list:
   import imageio.v3 as iio
   frames = iio.imread(str(output))
   assert frames.shape[0] == 2 * FRAMES + 1
+  want = media.load_image(keyframe, frames.shape[1]).astype(int)
+  # H.264 is lossy: the keyframe within a few levels, far from F0.
+  assert np.abs(frames[-1].astype(int) - want).mean() < 6
+  assert np.abs(frames[FRAMES].astype(int) - want).mean() > 20
   videos = [o for c in nb.cells for o in c.get("outputs", [])
             if "<video" in str(o.get("data", {}).get("text/html", ""))]
   assert len(videos) == 1
