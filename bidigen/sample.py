@@ -73,8 +73,8 @@ class Windows(NamedTuple):
 
 
 def plan_windows(known, frames_before: int, frames_after: int, window: int,
-                 context: int, *, loop: bool = False, side: int | None = None,
-                 steps: int | None = None) -> tuple[Windows, int, int]:
+                 context: int, *,
+                 loop: bool = False) -> tuple[Windows, int, int]:
   """Orders the windows that generate F-N..F+M around the known frames.
 
   ``known``: offsets of the frames given (F0's, 0, among them). Only F0:
@@ -87,8 +87,8 @@ def plan_windows(known, frames_before: int, frames_after: int, window: int,
   Windows in one round never write a frame another reads.
 
   Returns (windows, side, steps): the buffer's half length and the pair
-  count, rounded up (``side``/``steps`` given: those) so that requests of
-  similar size share one compiled sampler.
+  count, rounded up so that requests of similar size share one compiled
+  sampler.
   """
   n, m, w = int(frames_before), int(frames_after), int(window)
   size = n + 1 + m
@@ -191,15 +191,8 @@ def plan_windows(known, frames_before: int, frames_after: int, window: int,
   first, pairs = rounds[0][0], []
   for r in [rounds[0][1:]] + rounds[1:]:
     pairs += [r[i:i + 2] for i in range(0, len(r), 2)]
-  if side is None:
-    side = bucket(reach, reach, w, context)
-  if reach > side:
-    raise ValueError(f"the windows reach F{reach:+d}, past the buffer's "
-                     f"{side} frames a side")
-  if steps is None:
-    steps = 0 if not pairs else 1 << (len(pairs) - 1).bit_length()
-  if len(pairs) > steps:
-    raise ValueError(f"{len(pairs)} window pairs, more than {steps}")
+  side = bucket(reach, reach, w, context)
+  steps = 0 if not pairs else 1 << (len(pairs) - 1).bit_length()
   idx = np.arange(w)
   posn = lambda s: np.array([canon(s + i) for i in idx]) + side
   pos = np.tile(posn(first), (steps, 2, 1))
