@@ -73,6 +73,9 @@ flags.DEFINE_integer("steps", None, "sample: denoising steps (default: "
 flags.DEFINE_enum("solver", None, ["ddim", "dpmpp_2m"], "sample: the ODE "
                   "solver (default: config.sample.solver; dpmpp_2m is "
                   "DPM-Solver++(2M), for fewer steps).")
+flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"],
+                  "export: the weights' storage type; float16 halves the "
+                  "folder and is widened to float32 on load.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of "
                     "process 0, for jax.distributed.initialize.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of "
@@ -143,7 +146,8 @@ def export(config) -> None:
   media.check_folder(FLAGS.output, overwrite=FLAGS.overwrite)
   cfg, params = checkpoints.restore_for_sampling(FLAGS.workdir)
   checkpoints.export_model(params, cfg, FLAGS.output,
-                           overwrite=FLAGS.overwrite)
+                           overwrite=FLAGS.overwrite,
+                           dtype=FLAGS.export_dtype)
   print(f"exported {FLAGS.workdir} to {FLAGS.output}")
 
 
