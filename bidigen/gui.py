@@ -267,6 +267,10 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
         path = upload_path(image)
         check_image(path)
         frame0 = media.load_image(path, gen.resolution)
+      # The frames asked for: the typed counts beyond a video's ends.
+      kw.setdefault("extra", {"frames_before": 0, "frames_after": 0})
+      for k, n in kw["extra"].items():
+        kw[k] += n
       pairs = list(zip(slots[::2], slots[1::2]))
       for o, p in check_keyframes(pairs, kw["frames_before"],
                                   kw["frames_after"]).items():
@@ -274,9 +278,6 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
           raise ValueError(f"A keyframe at F{o:+d} falls on a frame of the "
                            "video.")
         known[o] = media.load_image(p, gen.resolution)
-      kw.setdefault("extra", {"frames_before": 0, "frames_after": 0})
-      for k, n in kw["extra"].items():
-        kw[k] += n
       kw.update(keyframes=known, loop=bool(loop))
       return frame0, kw
     except ValueError as e:
