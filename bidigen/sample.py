@@ -463,8 +463,9 @@ class Generator:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
     known = [images]
     for o, frame in sorted((keyframes or {}).items()):
-      frame = np.broadcast_to(np.asarray(frame), (b, r, r, 3)) if np.ndim(
-          frame) in (3, 4) else np.asarray(frame)
+      frame = np.asarray(frame)
+      if frame.ndim == 3:  # One image for the whole batch.
+        frame = np.broadcast_to(frame, (b,) + frame.shape)
       if frame.shape != (b, r, r, 3) or o == 0 or not (
           -frames_before <= o <= frames_after):
         raise ValueError(
