@@ -211,6 +211,19 @@ def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
                      keyframes={o: on(o) for o in keys}))
   want = np.stack([on(o) for o in range(-before, after + 1)], 1)
   np.testing.assert_allclose(out, want, atol=1e-4)
+  if not keys:
+    return
+  # Keyframes off the curve: F0 alone would still give the curve, so the
+  # frames beside each keyframe move only if the windows that make them
+  # are told it (the planner makes them with it); the keyframes stay.
+  moved = {o: on(o) + 0.5 for o in keys}
+  out2 = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, 4),
+                      text, mask, text, mask, keyframes=moved))
+  for o in keys:
+    np.testing.assert_array_equal(out2[:, o + before], moved[o])
+  near = {o + d for o in keys for d in (-1, 1)} - set(keys) - {0}
+  for o in near & set(range(-before, after + 1)):
+    assert np.abs(out2[:, o + before] - out[:, o + before]).mean() > 0.01, o
 
 
 def _simulate(known, before, after, window, context, loop):
