@@ -38,8 +38,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	mkdir -p out
 	$(BIN)/python -m bidigen.main --mode=sample \
-	  --image=bidigen/assets/examples/red_ball_temple.png \
-	  --prompt="a red ball moves to the right" \
+	  --image=bidigen/assets/examples/cat.png \
+	  --prompt="the camera pans to the left over a cat" \
 	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4 \
 	  --overwrite
 

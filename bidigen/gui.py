@@ -48,10 +48,13 @@ CSS = """
   grid-template-columns: repeat(auto-fill, minmax(72px, 1fr));
   grid-template-rows: none; grid-auto-rows: auto; }
 """
+# Real photographs with camera prompts (cat.png is a photograph no training
+# set holds: chelsea, a test photo) beside synthetic objects over photos.
 EXAMPLES = (
+    ("cat.png", "the camera pans to the left over a cat"),
+    ("coffee.png", "the camera zooms in on a cup of coffee"),
     ("blue_square_cat.png", "a blue square moves up over a cat"),
     ("red_ball_temple.png", "a red ball moves to the right over a temple"),
-    ("coffee.png", "the camera zooms in on a cup of coffee"),
     ("two_objects_astronaut.png", "a yellow ball moves left and a green "
      "square moves down in front of an astronaut"),
 )
@@ -323,7 +326,7 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
                          elem_id="image",
                          sources=["upload", "clipboard"])
         prompt = gr.Textbox(label="Prompt (optional)", elem_id="prompt",
-                            placeholder=EXAMPLES[1][1])
+                            placeholder=EXAMPLES[0][1])
         with gr.Row():
           before = gr.Number(label="Frames before", value=cfg.frames_before,
                              elem_id="frames_before",

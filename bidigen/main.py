@@ -4,7 +4,8 @@
   python -m bidigen.main --config=configs/synthetic.py --mode=train \
       --workdir=workdirs/synthetic
   python -m bidigen.main --config=configs/synthetic.py --mode=sample \
-      --image=bidigen/assets/examples/cat.png --prompt="a red ball moves left" \
+      --image=bidigen/assets/examples/cat.png \
+      --prompt="the camera pans to the left over a cat" \
       --frames_before=4 --frames_after=4 --seed=0 --output=out.mp4
   (add --keyframe=end.png@16 for a keyframe, --loop for a loop, or give
   --video=clip.mp4 instead of --image to extend a video both ways)
