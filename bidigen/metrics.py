@@ -127,6 +127,22 @@ def interpolate(a: np.ndarray, b: np.ndarray, count: int) -> np.ndarray:
   return np.stack(out)
 
 
+def sharpness(frames: np.ndarray) -> np.ndarray:
+  """Mean gradient magnitude of each frame's luminance (central
+  differences), over the last three axes: blur lowers it, noise raises it."""
+  y = frames.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+  gy, gx = np.gradient(y, axis=(-2, -1))
+  return np.sqrt(gx ** 2 + gy ** 2).mean(axis=(-2, -1))
+
+
+def colour_drift(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """How far the mean colours of frames a and b are apart, in levels of
+  255 (the mean over R, G, B of the absolute difference of the channel
+  means), over the last three axes."""
+  mean = lambda x: x.astype(np.float64).mean(axis=(-3, -2))
+  return np.abs(mean(a) - mean(b)).mean(-1)
+
+
 def loop_seam(frames: np.ndarray) -> float:
   """How visible a loop's seam is: the difference from the last frame back
   to the first over the mean difference of consecutive frames (about 1:

@@ -4,6 +4,7 @@ end to end on the tiny config."""
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,6 +44,20 @@ def test_psnr_and_ssim_known_values():
                   255).astype(np.uint8)
   assert metrics.ssim(a[None], noisy[None])[0] < 0.8
   assert metrics.psnr(np.stack([a, a]), np.stack([a, b])).shape == (2,)
+
+
+def test_sharpness_and_colour_drift_known_values():
+  a = texture()
+  blurred = cv2.GaussianBlur(a, (0, 0), 2)
+  assert metrics.sharpness(blurred) < 0.6 * metrics.sharpness(a)
+  assert metrics.sharpness(np.full_like(a, 90)) == 0.0
+  ramp = np.broadcast_to(np.arange(32, dtype=np.uint8)[None, :, None] * 4,
+                         (32, 32, 3))  # 4 levels a pixel along x.
+  assert metrics.sharpness(ramp) == pytest.approx(4.0)
+  brighter = a.astype(np.int32) + np.array([6, 0, 3])
+  assert metrics.colour_drift(a, brighter) == pytest.approx(3.0)
+  assert metrics.colour_drift(np.stack([a, a]), np.stack([a, brighter])
+                              ).tolist() == pytest.approx([0.0, 3.0])
 
 
 def test_frechet_distance_against_scipy_reference():
@@ -268,6 +283,16 @@ def check_baselines_against_the_clips(tasks, config):
     assert copy["ssim"] == approx(np.mean(ssim)), task
     lp = [lpips(f0, video[:, c + o]).mean() for o in unknown]
     assert copy["lpips"] == pytest.approx(np.mean(lp), rel=1e-4), task
+    # Every copied frame is F0: its detail exactly, and the truth's own
+    # colour drift at the farthest offsets.
+    assert copy["sharpness"] == pytest.approx(1.0, rel=1e-5), task
+    far = max(abs(o) for o in unknown)
+    drift = [metrics.colour_drift(f0, video[:, c + o]).mean()
+             for o in unknown if abs(o) == far]
+    assert copy["colour_drift"] == approx(np.mean(drift)), task
+    if task == "rollout":  # PSNR at ±4 minus at ±8.
+      assert copy["psnr_drop"] == approx(
+          np.mean([by[-4], by[4]]) - np.mean([by[-8], by[8]]))
     if task != "rollout":
       truth = video[:, [c + o for o in offsets]]
       assert rows["ground_truth"]["warp_error"] == approx(np.mean(
