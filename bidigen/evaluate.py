@@ -303,7 +303,10 @@ def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
   out["warp_error"] = float(warp.mean())
   out["flow_epe"] = float(np.mean([[metrics.flow_epe(x, tr) for x in per]
                                    for per, tr in zip(gen, truth)]))
-  if 0 < offsets.index(0) < len(offsets) - 1:
+  # The seam at F0 means something only where the frames beside it were
+  # generated (not in extension, where the video around F0 is known).
+  if (0 < offsets.index(0) < len(offsets) - 1
+      and -1 not in known and 1 not in known):
     out["seam_ratio"] = float(np.mean([metrics.seam_ratio(e, offsets.index(0))
                                        for e in warp.reshape(
                                            -1, warp.shape[-1])]))
@@ -479,7 +482,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
         :, None, [offsets.index(k) for k in known]]
     results["copy_f0"] = copy
     if name in ("forward", "backward"):
-      results["linear_flow"] = _linear_flow(truth, offsets, known)[:, None]
+      results["linear_flow"] = _known_baselines(
+          truth, offsets, known)["linear_flow"][:, None]
     truth_features = fvd_fn(truth) if fvd_fn is not None else None
     for variant, g in results.items():
       rows[variant] = score(g, truth, offsets, known, labelled, lpips_fn,
@@ -619,23 +623,6 @@ def _known_baselines(truth, offsets, known) -> dict:
           lin[n, [idx[o] for o in side]] = metrics.extrapolate(
               clip[idx[inner]], clip[idx[end]], len(side))
     out = {"copy_nearest": copy, "linear_flow": lin}
-  return out
-
-
-def _linear_flow(truth, offsets, known):
-  """Continues the flow between the two known frames nearest the unknown
-  ones (forward: the last two; backward: the first two)."""
-  out = truth.copy()
-  ki = sorted(offsets.index(k) for k in known)
-  unknown = [i for i in range(len(offsets)) if i not in ki]
-  if unknown[0] > ki[-1]:  # Forward.
-    prev, last = ki[-2], ki[-1]
-  else:
-    prev, last = ki[1], ki[0]
-  for n, clip in enumerate(truth):
-    ext = metrics.extrapolate(clip[prev], clip[last], len(unknown))
-    order = unknown if unknown[0] > last else unknown[::-1]
-    out[n, order] = ext
   return out
 
 

@@ -239,6 +239,9 @@ def check_keyframe_tasks(tasks, config):
   assert len(tasks["keyframes3"]["model"]["psnr_by_offset"]) == 14
   ext = tasks["extension"]
   assert set(ext) == {"model", "no_text", "copy_nearest", "linear_flow"}
+  # F0's neighbours are known there: no seam at F0 to measure.
+  assert "seam_ratio" not in ext["model"]
+  assert "seam_ratio" in tasks["keyframes3"]["model"]
   assert sorted(ext["model"]["psnr_by_offset"], key=int) == [
       str(o) for o in range(-8, 9) if abs(o) > 4]
   near = [metrics.psnr(videos[:, c + (4 if o > 0 else -4)],
