@@ -642,7 +642,7 @@ def _write(workdir, report, sheets, num_sheets):
     used = [c for c in cols if any(r.get(c) is not None for r in rows.values())]
     md += [f"## {task}", "", _table(rows, used), ""]
     by = rows["model"].get("psnr_by_offset")
-    base = next((v for v in rows if v not in ("model", "no_text")
+    base = next((v for v in rows if v != "no_text" and not v.startswith("model")
                  and "psnr_by_offset" in rows[v]), None)
     if by and base:  # The model against the task's first baseline.
       md += [f"PSNR by offset (model vs {base}):", "",

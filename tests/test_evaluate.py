@@ -213,6 +213,8 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
   with open(os.path.join(out, "report.md")) as f:
     md = f.read()
   assert "## bidirectional" in md and "| copy_f0 |" in md
+  # Against a baseline, not the model under another wording.
+  assert "PSNR by offset (model vs copy_f0)" in md
   sheets = sorted(os.listdir(os.path.join(out, "sheets")))
   assert "bidirectional_clip000.png" in sheets and len(sheets) == 18
   sheet = np.asarray(Image.open(os.path.join(out, "sheets", sheets[0])))
