@@ -9,7 +9,9 @@ next to the old step that ran the encoder inside it (the same UNet step
 after TAEF2 encodes the clip's pixels), both timed here in the same run; and
 sampling with the embedded model: compile times (the first call, another
 length in the same bucket, another guidance) and s/frame and FLOP/s for
-9, 17, 33 and 65 frames.
+9, 17, 33 and 65 frames. On a CPU it then times the train step again in two
+processes, with XLA's default convolutions and with CPU_CONV_FLAG, and
+prints the ratio (``--train_step_only`` is what each of them runs).
 """
 
 import os
@@ -31,6 +33,12 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py",
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.")
 flags.DEFINE_string("checkpoint", None, "Model to sample with; default: the "
                     "embedded one.")
+flags.DEFINE_bool("train_step_only", False, "Only the peak and the train "
+                  "step (what the CPU convolution comparison runs).")
+# XLA:CPU's YNNPACK runs the convolutions' filter gradients as convolutions
+# with a whole feature map as the window; leaving convolutions to XLA's own
+# emitter is the candidate CPU default this run compares.
+CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 FLAGS = flags.FLAGS
 
 
@@ -71,9 +79,9 @@ def autoencoder(repeats, batch: int = 8):
           f"decode {d:.1f} ms/frame")
 
 
-def train_step(config, repeats, peak):
-  """The step from cached latents, and the old step with the encoder in
-  it, on the same synthetic batch."""
+def train_step(config, repeats, peak, old=True):
+  """The step from cached latents, and (``old``) the old step with the
+  encoder in it, on the same synthetic batch."""
   from bidigen import models, sharding, train
   from bidigen.models import taef2
   config = config.copy_and_resolve_references()
@@ -95,14 +103,15 @@ def train_step(config, repeats, peak):
   def old_step(state, batch, rng):  # What the step did before the cache.
     lat = taef2.encode(ae, batch["video"].astype(jnp.float32) / 255)
     return trainer.step_fn(state, dict(batch, latents=lat), rng)
-  old = jax.jit(old_step, donate_argnums=0)
+  old_fn = jax.jit(old_step, donate_argnums=0)
   key = jax.random.key(1)
   holder = {"state": trainer.init(jax.random.key(0))}
   n_flops = flops(trainer.step, holder["state"], cached, key)
   lat = models.latent_shape(r)
   results = {}
   for name, fn, batch in (("from cached latents", trainer.step, cached),
-                          ("old, encoder in the step", old, pixels)):
+                          ("old, encoder in the step", old_fn, pixels)
+                          )[:2 if old else 1]:
     def step():
       holder["state"], m = fn(holder["state"], batch, key)
       return m
@@ -113,6 +122,8 @@ def train_step(config, repeats, peak):
         f"{1 / sec:.2f} steps/s; {n_flops / 1e9:.1f} GFLOP/step -> "
         f"{n_flops / sec / 1e9:.1f} GFLOP/s = "
         f"{100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak")
+  if not old:
+    return
   old_sec = results["old, encoder in the step"]
   print(f"old train step, TAEF2 encoding the {t}-frame clips inside it: "
         f"{old_sec:.3f} s/step = {1 / old_sec:.2f} steps/s "
@@ -190,15 +201,45 @@ def sampling(checkpoint, repeats, peak):
         "a bucket rounds expansion steps up to a power of two)")
 
 
+def cpu_convolutions(repeats):
+  """The train step with XLA's default CPU convolutions and with
+  ``CPU_CONV_FLAG``, each in its own process (XLA flags are read once per
+  process), each against the matmul peak measured in that process."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  times = {}
+  for name, extra in (("default", ""), ("convolutions left to XLA",
+                                        CPU_CONV_FLAG)):
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " "
+                                      + extra).strip())
+    out = subprocess.run(
+        [sys.executable, "-m", "bidigen.benchmark", "--train_step_only",
+         f"--repeats={repeats}",
+         f"--config={config_flags.get_config_filename(FLAGS['config'])}"],
+        env=env, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines()
+                if l.startswith("train step from cached"))
+    times[name] = float(line.split(": ")[1].split(" s/step")[0])
+    print(f"  {name}: {line.split(': ', 1)[1]}")
+  print(f"CPU convolutions left to XLA ({CPU_CONV_FLAG}): the step is "
+        f"{times['default'] / times['convolutions left to XLA']:.2f}x "
+        "as fast")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
   peak = peak_matmul(FLAGS.repeats)
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")
+  if FLAGS.train_step_only:
+    train_step(FLAGS.config, FLAGS.repeats, peak, old=False)
+    return
   autoencoder(FLAGS.repeats)
   train_step(FLAGS.config, FLAGS.repeats, peak)
   sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
+  if jax.default_backend() == "cpu":
+    cpu_convolutions(FLAGS.repeats)
 
 
 if __name__ == "__main__":
