@@ -109,9 +109,10 @@ def train_step(config, repeats, peak, old=True):
   n_flops = flops(trainer.step, holder["state"], cached, key)
   lat = models.latent_shape(r)
   results = {}
-  for name, fn, batch in (("from cached latents", trainer.step, cached),
-                          ("old, encoder in the step", old_fn, pixels)
-                          )[:2 if old else 1]:
+  runs = [("from cached latents", trainer.step, cached)]
+  if old:
+    runs.append(("old, encoder in the step", old_fn, pixels))
+  for name, fn, batch in runs:
     def step():
       holder["state"], m = fn(holder["state"], batch, key)
       return m
