@@ -9,9 +9,12 @@ next to the old step that ran the encoder inside it (the same UNet step
 after TAEF2 encodes the clip's pixels), both timed here in the same run; and
 sampling with the embedded model: compile times (the first call, another
 length in the same bucket, another guidance) and s/frame and FLOP/s for
-9, 17, 33 and 65 frames. On a CPU it then times the train step again in two
-processes, with XLA's default convolutions and with CPU_CONV_FLAG, and
-prints the ratio (``--train_step_only`` is what each of them runs).
+9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
+guidance 1 (which skips the unconditional half). On a CPU it then times the
+train step and 17-frame sampling again in two processes, with XLA's own
+default (YNNPACK) convolutions and with bidigen's (``bidigen.CPU_CONV_FLAG``,
+set when bidigen is imported), and prints the ratios
+(``--convolution_run`` is what each of them runs).
 """
 
 import os
@@ -33,12 +36,9 @@ config_flags.DEFINE_config_file("config", "configs/synthetic.py",
 flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure.")
 flags.DEFINE_string("checkpoint", None, "Model to sample with; default: the "
                     "embedded one.")
-flags.DEFINE_bool("train_step_only", False, "Only the peak and the train "
-                  "step (what the CPU convolution comparison runs).")
-# XLA:CPU's YNNPACK runs the convolutions' filter gradients as convolutions
-# with a whole feature map as the window; leaving convolutions to XLA's own
-# emitter is the candidate CPU default this run compares.
-CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+flags.DEFINE_bool("convolution_run", False, "Only the peak, the train "
+                  "step and 17-frame sampling: what each process of the CPU "
+                  "convolution comparison runs.")
 FLAGS = flags.FLAGS
 
 
@@ -131,22 +131,24 @@ def train_step(config, repeats, peak, old=True):
         f"(the cache makes a step {old_sec / sec:.1f}x faster)")
 
 
-def sampling(checkpoint, repeats, peak):
+def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
   """The embedded model's sampler: compile times (a new length bucket,
   another length in the same bucket, another guidance), then seconds per
-  generated frame for 9, 17, 33 and 65 frames with FLOP/s against the
-  matmul peak. FLOPs are counted from XLA's cost analysis of one UNet call
-  (the guided pair of windows) and of TAEF2, times the calls the plan
-  makes: the analysis of the whole scanned sampler counts a loop's body
-  once."""
-  from bidigen import media, models, sample
+  generated frame for ``2 * side + 1`` frames with FLOP/s against the
+  matmul peak, then 17 frames with guidance 3 against the model's guidance.
+  FLOPs are counted from XLA's cost analysis of one UNet call (one window,
+  with its unconditional twin unless guidance is 1) and of TAEF2, times the
+  calls the plan makes: the analysis of the whole scanned sampler counts a
+  loop's body once."""
+  from bidigen import expansion, media, models, sample
   from bidigen.models import taef2
   t = time.perf_counter()
   gen = sample.Generator(checkpoint)
   print(f"model load: {time.perf_counter() - t:.1f} s")
   cfg = gen.config
-  window, context, steps = (cfg.model.window, cfg.model.context_frames,
-                            cfg.sample.steps)
+  window, context, steps, guidance = (
+      cfg.model.window, cfg.model.context_frames, cfg.sample.steps,
+      cfg.sample.guidance)
   image = media.load_image(
       os.path.join(media.EXAMPLES, "red_ball_temple.png"), gen.resolution)
   prompt = ["a red ball moves to the right"]
@@ -158,73 +160,102 @@ def sampling(checkpoint, repeats, peak):
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
-  first = wall(lambda: call(4, 4))
-  steady = timed(lambda: call(4, 4), max(1, repeats // 2))
-  same_bucket = wall(lambda: call(3, 4))
-  guidance = wall(lambda: call(4, 4, guidance=1.5))
-  programs = sum(f._cache_size() for f in gen._compiled.values())
-  print(f"sampler compile, 9 frames: first call {first:.1f} s (steady "
-        f"{steady:.1f} s, so ~{first - steady:.1f} s compiling); 8 frames, "
-        f"the same bucket: {same_bucket:.1f} s; guidance 1.5 instead of "
-        f"{cfg.sample.guidance:g}: {guidance:.1f} s ({programs} "
-        f"program{'s' * (programs > 1)} compiled)")
+  if compiles:
+    first = wall(lambda: call(4, 4))
+    steady = timed(lambda: call(4, 4), max(1, repeats // 2))
+    same_bucket = wall(lambda: call(3, 4))
+    other = 1.5 if guidance != 1.5 else 3.0
+    other_time = wall(lambda: call(4, 4, guidance=other))
+    programs = sum(f._cache_size() for f in gen._compiled.values())
+    print(f"sampler compile, 9 frames: first call {first:.1f} s (steady "
+          f"{steady:.1f} s, so ~{first - steady:.1f} s compiling); 8 "
+          f"frames, the same bucket: {same_bucket:.1f} s; guidance {other:g} "
+          f"instead of {guidance:g}: {other_time:.1f} s ({programs} "
+          f"program{'s' * (programs > 1)} compiled)")
 
-  # FLOPs of one guided UNet call (2 windows) and of TAEF2 per frame.
+  # FLOPs of one UNet call per window (two with guidance) and of TAEF2.
   h = models.latent_shape(gen.resolution)
-  text, mask = gen.encoder.encode(["", ""])
-  unet_args = (jnp.zeros((2, window) + h), jnp.zeros((2, window)),
-               jnp.zeros((2,) + h), jnp.zeros((2, window), jnp.int32),
-               jnp.zeros((2, window)), text, mask)
-  unet_flops = flops(jax.jit(gen.unet.apply), gen.params["unet"], *unet_args)
+  unet_flops = {}
+  for n in (1, 2):
+    text, mask = gen.encoder.encode([""] * n)
+    unet_args = (jnp.zeros((n, window) + h), jnp.zeros((n, window)),
+                 jnp.zeros((n,) + h), jnp.zeros((n, window), jnp.int32),
+                 jnp.zeros((n, window)), text, mask)
+    unet_flops[n] = flops(jax.jit(gen.unet.apply), gen.params["unet"],
+                          *unet_args)
   ae = gen.params["autoencoder"]
   dec_flops = flops(jax.jit(taef2.decode), ae, jnp.zeros((1,) + h))
   enc_flops = flops(jax.jit(taef2.encode), ae, jnp.zeros(
       (1, gen.resolution, gen.resolution, 3)))
-  print(f"one guided UNet call (2 windows of {window}): "
-        f"{unet_flops / 1e9:.1f} GFLOP; TAEF2 per frame: encode "
+  print(f"one UNet call on a window of {window}: {unet_flops[1] / 1e9:.1f} "
+        f"GFLOP ({unet_flops[2] / 1e9:.1f} with its unconditional twin, for "
+        f"guidance other than 1); TAEF2 per frame: encode "
         f"{enc_flops / 1e9:.2f}, decode {dec_flops / 1e9:.2f} GFLOP")
+
+  def run(side, g):
+    """Seconds and GFLOP for 2 * side + 1 frames at guidance g."""
+    bucket = expansion.bucket(side, side, window, context)
+    solved = 1 + 2 * expansion.plan(bucket, bucket, window, context)[2]
+    call(side, side, guidance=g)  # Compiles a new bucket.
+    sec = timed(lambda: call(side, side, guidance=g), max(1, repeats // 2))
+    return sec, solved, (solved * steps * unet_flops[1 + (g != 1)]
+                         + (2 * bucket + 1) * dec_flops + enc_flops) / 1e9
+
+  print(f"guidance {guidance:g}:")
   print("frames  windows (needed)  s/sample  s/frame  GFLOP  GFLOP/s  "
         "of peak")
-  for side in (4, 8, 16, 32):
+  results = {}
+  for side in sides:
     n = 2 * side + 1
-    need = 1 + 2 * sample.plan(side, side, window, context)[2]
-    bucket = sample.bucket(side, side, window, context)
-    solved = 1 + 2 * sample.plan(bucket, bucket, window, context)[2]
-    call(side, side)  # Compiles a new bucket.
-    sec = timed(lambda: call(side, side), max(1, repeats // 2))
-    total = (solved * steps * unet_flops + (2 * bucket + 1) * dec_flops
-             + enc_flops) / 1e9
+    need = 1 + 2 * expansion.plan(side, side, window, context)[2]
+    sec, solved, total = results[side] = run(side, guidance)
     print(f"{n:6d}  {solved:7d} ({need:2d})      {sec:8.2f}  "
           f"{sec / n:7.3f}  {total:5.0f}  {total / sec:7.1f}  "
           f"{100 * total / sec / peak:5.0f}%")
   print(f"(each expansion step solves 2 windows for {window - context} new "
         "frames a side, so windows per frame rise from 1/9 towards 1/5; "
         "a bucket rounds expansion steps up to a power of two)")
+  if compiles and guidance == 1 and 8 in results:
+    sec3, _, total3 = run(8, 3.0)
+    print(f"17 frames at guidance 3: {sec3:.2f} s, {total3 / sec3:.1f} "
+          f"GFLOP/s = {100 * total3 / sec3 / peak:.0f}% of peak; guidance 1 "
+          f"skips the unconditional half: {sec3 / results[8][0]:.2f}x as "
+          "fast")
 
 
 def cpu_convolutions(repeats):
-  """The train step with XLA's default CPU convolutions and with
-  ``CPU_CONV_FLAG``, each in its own process (XLA flags are read once per
-  process), each against the matmul peak measured in that process."""
+  """The train step and 17-frame sampling with XLA's own default CPU
+  convolutions (YNNPACK) and with bidigen's ``CPU_CONV_FLAG``, each in its
+  own process (XLA reads its flags once per process), each against the
+  matmul peak measured in that process."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  import bidigen  # pylint: disable=import-outside-toplevel
   times = {}
-  for name, extra in (("default", ""), ("convolutions left to XLA",
-                                        CPU_CONV_FLAG)):
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " "
-                                      + extra).strip())
+  user = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                  if "ynn_fusion_type" not in f)
+  for name, flag in (("XLA's default (YNNPACK)", bidigen.XLA_DEFAULT_CONV_FLAG),
+                     ("bidigen's default", bidigen.CPU_CONV_FLAG)):
     out = subprocess.run(
-        [sys.executable, "-m", "bidigen.benchmark", "--train_step_only",
+        [sys.executable, "-m", "bidigen.benchmark", "--convolution_run",
          f"--repeats={repeats}",
-         f"--config={config_flags.get_config_filename(FLAGS['config'])}"],
-        env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines()
-                if l.startswith("train step from cached"))
-    times[name] = float(line.split(": ")[1].split(" s/step")[0])
-    print(f"  {name}: {line.split(': ', 1)[1]}")
-  print(f"CPU convolutions left to XLA ({CPU_CONV_FLAG}): the step is "
-        f"{times['default'] / times['convolutions left to XLA']:.2f}x "
-        "as fast")
+         f"--config={config_flags.get_config_filename(FLAGS['config'])}"]
+        + [f"--checkpoint={FLAGS.checkpoint}"] * bool(FLAGS.checkpoint),
+        env=dict(os.environ, XLA_FLAGS=f"{user} {flag}".strip()),
+        capture_output=True, text=True, check=False)
+    if out.returncode:
+      raise RuntimeError(f"the {name} run failed:\n{out.stderr[-3000:]}")
+    lines = out.stdout.splitlines()
+    step = next(l for l in lines if l.startswith("train step from cached"))
+    frames = next(l for l in lines if l.strip().startswith("17 "))
+    times[name] = (float(step.split(": ")[1].split(" s/step")[0]),
+                   float(frames.split()[3]))
+    print(f"  {name} ({flag}):\n    train step: {step.split(': ', 1)[1]}"
+          f"\n    17 frames: {times[name][1]:.2f} s, "
+          f"{frames.split()[-2]} GFLOP/s = {frames.split()[-1]} of peak")
+  old, new = times["XLA's default (YNNPACK)"], times["bidigen's default"]
+  print(f"bidigen's CPU convolutions against XLA's default: the train step "
+        f"{old[0] / new[0]:.2f}x as fast, sampling {old[1] / new[1]:.2f}x")
 
 
 def main(argv):
@@ -233,8 +264,10 @@ def main(argv):
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
   peak = peak_matmul(FLAGS.repeats)
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")
-  if FLAGS.train_step_only:
+  if FLAGS.convolution_run:
     train_step(FLAGS.config, FLAGS.repeats, peak, old=False)
+    sampling(FLAGS.checkpoint, FLAGS.repeats, peak, sides=(8,),
+             compiles=False)
     return
   autoencoder(FLAGS.repeats)
   train_step(FLAGS.config, FLAGS.repeats, peak)

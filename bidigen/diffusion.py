@@ -138,8 +138,10 @@ def denoise_window(apply_fn, params, noise, context, known, anchor, offsets,
   Lu et al. 2022: second order in log-SNR from the last two x0 predictions,
   the same one model call per step; first order on the first and the last
   step). Classifier-free guidance runs conditional and unconditional as one
-  batch of two. With ``use_scan=False`` the same update runs in a Python
-  loop: the reference the scanned sampler is tested against.
+  batch of two; at guidance 1 (the conditional prediction) a branch of the
+  same program skips the unconditional half, so guidance stays an argument
+  and changing it compiles nothing. With ``use_scan=False`` the same update
+  runs in a Python loop: the reference the scanned sampler is tested against.
   """
   if solver not in SOLVERS:
     raise ValueError(f"solver {solver!r}; known: {', '.join(SOLVERS)}")
@@ -158,10 +160,16 @@ def denoise_window(apply_fn, params, noise, context, known, anchor, offsets,
     t_now, t_next = times[i], times[i + 1]
     z = jnp.where(mask, context, z)
     level = jnp.where(known > 0, 0.0, t_now)
-    v = apply_fn(params, double(z), double(known), double(anchor),
-                 double(offsets), double(level), texts, masks)
-    v_cond, v_uncond = v[:b], v[b:]
-    v = v_uncond + guidance * (v_cond - v_uncond)
+    def guided():
+      v = apply_fn(params, double(z), double(known), double(anchor),
+                   double(offsets), double(level), texts, masks)
+      v_cond, v_uncond = v[:b], v[b:]
+      return v_uncond + guidance * (v_cond - v_uncond)
+
+    def conditional():  # Guidance 1 is the conditional prediction alone.
+      return apply_fn(params, z, known, anchor, offsets, level, text,
+                      text_mask)
+    v = jax.lax.cond(guidance == 1, conditional, guided)
     a_now, s_now = alpha_sigma(t_now)
     a_next, s_next = alpha_sigma(t_next)
     x0 = a_now * z - s_now * v

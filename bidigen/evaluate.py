@@ -18,15 +18,14 @@ import json
 import os
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from PIL import Image
 
 from bidigen import data as data_lib
 from bidigen import diffusion
+from bidigen import expansion
 from bidigen import media
 from bidigen import metrics
 from bidigen import sample
@@ -62,15 +61,16 @@ def complete(params, frames, keys, text, text_mask, null, null_mask, offsets,
   are arguments, not constants: every task's window, whatever frames it
   knows, runs through one compiled program."""
   b, w = frames.shape[:2]
-  lat = sample.to_latents(params, frames)
+  lat = expansion.to_latents(params, frames)
   offs = jnp.broadcast_to(offsets, (b, w))
   kn = jnp.broadcast_to(known.astype(jnp.float32), (b, w))
   anchor = jnp.take(lat, jnp.argmax(offsets == 0), axis=1)
   out = diffusion.denoise_window(
-      unet.apply, params["unet"], sample.frame_noise(keys, offs, lat.shape[2:]),
+      unet.apply, params["unet"],
+      expansion.frame_noise(keys, offs, lat.shape[2:]),
       lat, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
       guidance=guidance, solver=solver)
-  dec = sample.to_frames(params, out)
+  dec = expansion.to_frames(params, out)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
@@ -176,87 +176,6 @@ class Evaluator:
     return np.concatenate(out)
 
 
-# --- The classifier behind the always-available Fréchet distance ----------
-
-def _to_classifier(video: np.ndarray) -> np.ndarray:
-  """uint8 [..., T, R, R, 3] -> float [-1, 1] at 32px (area average)."""
-  r = video.shape[-2]
-  f = max(1, r // clf_lib.SIDE)
-  v = video.astype(np.float32)
-  v = v.reshape(v.shape[:-3] + (r // f, f, r // f, f, 3)).mean(axis=(-4, -2))
-  return v / 127.5 - 1
-
-
-def train_classifier(config, path: str, steps: int, window: int):
-  """Trains (or loads from ``path``) the feature classifier on the train
-  split; returns (apply function to features, test accuracy dict)."""
-  model = clf_lib.VideoClassifier(len(synthetic.CAMERA_MOTIONS),
-                                  len(synthetic.DIRECTIONS) + 1)
-  init = model.init(jax.random.key(0), jnp.zeros((1, window, clf_lib.SIDE,
-                                                  clf_lib.SIDE, 3)))
-  builder = data_lib.get_builder(eval_data(config))
-
-  def labels(batch):
-    d = batch["object_direction"][:, 0]
-    return batch["camera_motion"], np.where(d < 0, len(synthetic.DIRECTIONS), d)
-
-  def windows(video, rng):
-    t = video.shape[1]
-    s = rng.integers(0, t - window + 1, len(video))
-    return np.stack([v[i:i + window] for v, i in zip(video, s)])
-
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      saved = flax.serialization.msgpack_restore(f.read())
-    params, accuracy = saved["params"], saved["accuracy"]
-  else:
-    tx = optax.adam(2e-3)
-    params, opt = init, tx.init(init)
-
-    @jax.jit
-    def step(params, opt, x, cam, dirn):
-      def loss_fn(p):
-        _, lc, ld = model.apply(p, x)
-        return (optax.softmax_cross_entropy_with_integer_labels(lc, cam).mean()
-                + optax.softmax_cross_entropy_with_integer_labels(
-                    ld, dirn).mean())
-      loss, g = jax.value_and_grad(loss_fn)(params)
-      up, opt = tx.update(g, opt, params)
-      return optax.apply_updates(params, up), opt, loss
-
-    it = iter(data_lib.make_loader(builder, "train", global_batch_size=16,
-                                   seed=config.seed, shard_index=0,
-                                   shard_count=1))
-    rng = np.random.default_rng(config.seed)
-    t0 = time.time()
-    for i in range(steps):
-      b = next(it)
-      cam, dirn = labels(b)
-      params, opt, loss = step(params, opt,
-                               _to_classifier(windows(b["video"], rng)), cam,
-                               dirn)
-      if (i + 1) % max(1, steps // 4) == 0:
-        print(f"  feature classifier: step {i + 1}/{steps} loss "
-              f"{float(loss):.3f} ({time.time() - t0:.0f}s)", flush=True)
-    test = next(iter(data_lib.make_loader(
-        builder, "test", global_batch_size=min(
-            64, data_lib.pipeline.num_examples(builder, "test")),
-        seed=0, shuffle=False, num_epochs=1, shard_index=0, shard_count=1)))
-    cam, dirn = labels(test)
-    _, lc, ld = model.apply(params, _to_classifier(windows(test["video"],
-                                                           rng)))
-    accuracy = {"camera": float(np.mean(np.argmax(lc, -1) == cam)),
-                "direction": float(np.mean(np.argmax(ld, -1) == dirn))}
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(
-          {"params": jax.device_get(params), "accuracy": accuracy}))
-    os.replace(tmp, path)
-  apply = jax.jit(lambda p, x: model.apply(p, x)[0])
-  return (lambda video: np.asarray(apply(params, _to_classifier(video))),
-          accuracy)
-
-
 # --- Metrics of one variant on one task ------------------------------------
 
 def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
@@ -313,49 +232,10 @@ def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
   # Adherence only where the prompt is all the model has about motion.
   if clips is not None and list(known) == [0]:
     if "object_positions" in clips[0]:
-      out.update(adherence(gen, truth, offsets, clips))
+      out.update(metrics.object_adherence(gen, truth, offsets, clips))
     elif "camera" in clips[0] and "motion" in clips[0]:
-      out.update(camera_adherence(gen, offsets, clips))
+      out.update(metrics.camera_adherence(gen, offsets, clips))
   return out
-
-
-def camera_adherence(gen, offsets, clips) -> dict:
-  """Camera-motion photo clips: the motion read from the generated frames'
-  flow (first -> last, pans, zooms, rolls and their combinations) against
-  the one the stored camera parameters give over the same frames."""
-  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
-  res = gen.shape[-2]
-  centre = clips[0]["video"].shape[0] // 2
-  a, b = centre + offsets[0], centre + offsets[-1]
-  hits = []
-  for ex, per in zip(clips, gen):
-    want = camera.motion_class(np.asarray(ex["camera"]), res, a, b)
-    hits += [metrics.camera_class(x[0], x[-1], combined=True) == want
-             for x in per]
-  return {"camera_accuracy": float(np.mean(hits))}
-
-
-def adherence(gen, truth, offsets, clips) -> dict:
-  """Direction accuracy and position error of colour-tracked objects, and
-  camera motion agreement with the ground truth's global flow."""
-  res = gen.shape[-2]
-  correct, errors, cams = [], [], []
-  centre = clips[0]["video"].shape[0] // 2
-  idx = [centre + o for o in offsets]
-  for ex, per, tr in zip(clips, gen, truth):
-    cam_true = metrics.camera_class(tr[0], tr[-1])
-    for x in per:
-      cams.append(metrics.camera_class(x[0], x[-1]) == cam_true)
-      for i in range(int(ex["num_objects"])):
-        track = metrics.track_colour(x, ex["object_rgb"][i])
-        direction = synthetic.DIRECTIONS[ex["object_direction"][i]]
-        correct.append(metrics.direction_correct(track, direction))
-        want = ex["object_positions"][idx, i] * res
-        err = np.linalg.norm(track - want, axis=-1)
-        errors.extend(err[np.isfinite(err)].tolist())
-  return {"direction_accuracy": float(np.mean(correct)) if correct else None,
-          "position_error_px": float(np.mean(errors)) if errors else None,
-          "camera_accuracy": float(np.mean(cams))}
 
 
 # --- LPIPS and FVD: the published networks, weights checked ---------------
@@ -449,9 +329,10 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
         f"steps, guidance {guidance}", flush=True)
   feature_fn, clf_acc = (None, None)
   if synthetic_data:
-    feature_fn, clf_acc = train_classifier(
-        config, os.path.join(workdir, "classifier.msgpack"),
-        ev.classifier_steps, window)
+    feature_fn, clf_acc = clf_lib.train(
+        data_lib.get_builder(eval_data(config)),
+        os.path.join(workdir, "classifier.msgpack"), ev.classifier_steps,
+        window, config.seed)
   fvd_fn = fvd_metric(ev.get("fvd", True))
   lpips_fn = lpips_metric(ev.get("lpips", "alexnet"))
 
@@ -482,7 +363,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
         :, None, [offsets.index(k) for k in known]]
     results["copy_f0"] = copy
     if name in ("forward", "backward"):
-      results["linear_flow"] = _known_baselines(
+      results["linear_flow"] = metrics.known_baselines(
           truth, offsets, known)["linear_flow"][:, None]
     truth_features = fvd_fn(truth) if fvd_fn is not None else None
     for variant, g in results.items():
@@ -549,7 +430,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
           keyframes={o: rep(video[:, centre + o]) for o in known if o})
       results[variant] = out.reshape((len(clips), s) + out.shape[1:])
     results.update({k: v[:, None] for k, v in
-                    _known_baselines(truth, offsets, known).items()})
+                    metrics.known_baselines(truth, offsets, known).items()})
     for variant, g in results.items():
       rows[variant] = score(g, truth, offsets, known, None, lpips_fn,
                             fvd_fn, truth_features)
@@ -588,42 +469,6 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   report["seconds"] = round(time.time() - t_start, 1)
   _write(workdir, report, sheets, ev.num_sheets)
   return report
-
-
-def _known_baselines(truth, offsets, known) -> dict:
-  """What one gets without the model from the known frames: linear blending
-  and flow interpolation between neighbouring known frames, and beyond the
-  outermost ones their nearest known frame (copy) or the flow of the last
-  two continued (linear_flow)."""
-  ks = sorted(known)
-  idx = {o: i for i, o in enumerate(offsets)}
-  blend, flow_i = truth.copy(), truth.copy()
-  for a, b in zip(ks, ks[1:]):
-    if b - a < 2:
-      continue
-    gap = [idx[o] for o in range(a + 1, b)]
-    lam = ((np.arange(1, b - a) / (b - a))[:, None, None, None])
-    for n, clip in enumerate(truth):
-      fa, fb = clip[idx[a]].astype(np.float32), clip[idx[b]].astype(np.float32)
-      blend[n, gap] = np.round((1 - lam) * fa + lam * fb).astype(np.uint8)
-      flow_i[n, gap] = metrics.interpolate(clip[idx[a]], clip[idx[b]],
-                                           len(gap))
-  out = {"linear_blend": blend, "flow_interpolation": flow_i}
-  if offsets[0] < ks[0] or offsets[-1] > ks[-1]:
-    copy, lin = blend.copy(), blend.copy()
-    for n, clip in enumerate(truth):
-      for o in offsets:
-        if o < ks[0] or o > ks[-1]:
-          copy[n, idx[o]] = clip[idx[ks[0] if o < ks[0] else ks[-1]]]
-      for end, inner, side in ((ks[-1], ks[-2], range(ks[-1] + 1,
-                                                      offsets[-1] + 1)),
-                               (ks[0], ks[1], range(ks[0] - 1,
-                                                    offsets[0] - 1, -1))):
-        if len(side):
-          lin[n, [idx[o] for o in side]] = metrics.extrapolate(
-              clip[idx[inner]], clip[idx[end]], len(side))
-    out = {"copy_nearest": copy, "linear_flow": lin}
-  return out
 
 
 def _write(workdir, report, sheets, num_sheets):

@@ -16,7 +16,7 @@ join at that end; the result costs a full sampling run (and a compile).
 
 Keyframes (an image at an offset from F0), the loop switch and a video to
 extend go to the same compiled sampler as plain expansion (see
-sample.plan_windows): the frames given appear exactly, the rest is
+expansion.plan_windows): the frames given appear exactly, the rest is
 generated to meet them.
 
 The sampler is one compiled call, so the progress bar moves by stages.

@@ -232,3 +232,81 @@ def direction_correct(track: np.ndarray, direction: str,
   along = float(move @ np.asarray(UNIT[direction]))
   return along >= min_move and along > abs(move[0] * UNIT[direction][1]
                                             + move[1] * UNIT[direction][0])
+
+
+def camera_adherence(gen, offsets, clips) -> dict:
+  """Camera-motion photo clips: the motion read from the generated frames'
+  flow (first -> last, pans, zooms, rolls and their combinations) against
+  the one the stored camera parameters give over the same frames."""
+  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
+  res = gen.shape[-2]
+  centre = clips[0]["video"].shape[0] // 2
+  a, b = centre + offsets[0], centre + offsets[-1]
+  hits = []
+  for ex, per in zip(clips, gen):
+    want = camera.motion_class(np.asarray(ex["camera"]), res, a, b)
+    hits += [camera_class(x[0], x[-1], combined=True) == want
+             for x in per]
+  return {"camera_accuracy": float(np.mean(hits))}
+
+
+def object_adherence(gen, truth, offsets, clips) -> dict:
+  """Synthetic clips: direction accuracy and position error of
+  colour-tracked objects, and camera motion agreement with the ground
+  truth's global flow."""
+  from bidigen.data import synthetic  # pylint: disable=import-outside-toplevel
+  res = gen.shape[-2]
+  correct, errors, cams = [], [], []
+  centre = clips[0]["video"].shape[0] // 2
+  idx = [centre + o for o in offsets]
+  for ex, per, tr in zip(clips, gen, truth):
+    cam_true = camera_class(tr[0], tr[-1])
+    for x in per:
+      cams.append(camera_class(x[0], x[-1]) == cam_true)
+      for i in range(int(ex["num_objects"])):
+        track = track_colour(x, ex["object_rgb"][i])
+        direction = synthetic.DIRECTIONS[ex["object_direction"][i]]
+        correct.append(direction_correct(track, direction))
+        want = ex["object_positions"][idx, i] * res
+        err = np.linalg.norm(track - want, axis=-1)
+        errors.extend(err[np.isfinite(err)].tolist())
+  return {"direction_accuracy": float(np.mean(correct)) if correct else None,
+          "position_error_px": float(np.mean(errors)) if errors else None,
+          "camera_accuracy": float(np.mean(cams))}
+
+
+def known_baselines(truth, offsets, known) -> dict:
+  """Frames from the known frames of truth [N, W, R, R, 3] at ``offsets``
+  (``known``: the offsets given), without a model: linear blending
+  and flow interpolation between neighbouring known frames, and beyond the
+  outermost ones their nearest known frame (copy) or the flow of the last
+  two continued (linear_flow)."""
+  ks = sorted(known)
+  idx = {o: i for i, o in enumerate(offsets)}
+  blend, flow_i = truth.copy(), truth.copy()
+  for a, b in zip(ks, ks[1:]):
+    if b - a < 2:
+      continue
+    gap = [idx[o] for o in range(a + 1, b)]
+    lam = ((np.arange(1, b - a) / (b - a))[:, None, None, None])
+    for n, clip in enumerate(truth):
+      fa, fb = clip[idx[a]].astype(np.float32), clip[idx[b]].astype(np.float32)
+      blend[n, gap] = np.round((1 - lam) * fa + lam * fb).astype(np.uint8)
+      flow_i[n, gap] = interpolate(clip[idx[a]], clip[idx[b]],
+                                           len(gap))
+  out = {"linear_blend": blend, "flow_interpolation": flow_i}
+  if offsets[0] < ks[0] or offsets[-1] > ks[-1]:
+    copy, lin = blend.copy(), blend.copy()
+    for n, clip in enumerate(truth):
+      for o in offsets:
+        if o < ks[0] or o > ks[-1]:
+          copy[n, idx[o]] = clip[idx[ks[0] if o < ks[0] else ks[-1]]]
+      for end, inner, side in ((ks[-1], ks[-2], range(ks[-1] + 1,
+                                                      offsets[-1] + 1)),
+                               (ks[0], ks[1], range(ks[0] - 1,
+                                                    offsets[0] - 1, -1))):
+        if len(side):
+          lin[n, [idx[o] for o in side]] = extrapolate(
+              clip[idx[inner]], clip[idx[end]], len(side))
+    out = {"copy_nearest": copy, "linear_flow": lin}
+  return out

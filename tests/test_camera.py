@@ -331,10 +331,9 @@ def test_camera_class_of_a_pan_with_a_zoom():
 
 
 def test_evaluation_scores_camera_adherence(builder):
-  """evaluate.camera_adherence on the test split's true F-4..F+4 windows
+  """metrics.camera_adherence on the test split's true F-4..F+4 windows
   agrees with the flow-read class against motion_class of the same frames;
   a copy of F0 scores exactly the share of static clips."""
-  from bidigen import evaluate
   clips = [dict(e, video=np.asarray(e["video"]), camera=np.asarray(
       e["camera"]), motion=text(e, "motion")) for e in examples(builder,
                                                                  "test")]
@@ -342,12 +341,12 @@ def test_evaluation_scores_camera_adherence(builder):
   truth = np.stack([e["video"][c - 4:c + 5] for e in clips])
   want = [camera.motion_class(e["camera"], R, c - 4, c + 4) for e in clips]
   read = [metrics.camera_class(t[0], t[-1], combined=True) for t in truth]
-  score = evaluate.camera_adherence(truth[:, None], offsets, clips)
+  score = metrics.camera_adherence(truth[:, None], offsets, clips)
   assert score["camera_accuracy"] == pytest.approx(
       np.mean([r == w for r, w in zip(read, want)]))
   assert score["camera_accuracy"] >= 0.75, list(zip(read, want))
   still = np.repeat(truth[:, 4:5], 9, 1)[:, None]
-  assert evaluate.camera_adherence(still, offsets, clips)[
+  assert metrics.camera_adherence(still, offsets, clips)[
       "camera_accuracy"] == pytest.approx(np.mean([w == "static"
                                                    for w in want]))
   assert any(w != "static" for w in want)

@@ -59,15 +59,20 @@ def test_ddim_with_the_true_v_returns_x0_and_guides_linearly(use_scan):
   x_cond, x_uncond = (jnp.asarray(rng.normal(size=inp["noise"].shape),
                                   jnp.float32) for _ in range(2))
 
+  b = x_cond.shape[0]
+  batches = []  # The batch of every call the sampler runs (not traces).
+
   def apply_fn(params, z, known, anchor, offsets, level, text, text_mask):
     del params, known, anchor, offsets, text_mask
+    jax.debug.callback(lambda n: batches.append(int(n)), z.shape[0])
     cond = jnp.any(text != 0, axis=(1, 2))[:, None, None, None, None]
-    x0 = jnp.where(cond, jnp.concatenate([x_cond, x_cond]),
-                   jnp.concatenate([x_uncond, x_uncond]))
+    tile = lambda x: jnp.concatenate([x] * (z.shape[0] // b))
+    x0 = jnp.where(cond, tile(x_cond), tile(x_uncond))
     return v_from_x0(z, x0, level)
 
   unknown = np.asarray(inp["known"]) == 0
-  for steps, guidance in ((1, 1.0), (3, 0.0), (4, 3.0)):
+  for steps, guidance in ((1, 1.0), (3, 0.0), (4, 3.0), (2, 1.0)):
+    batches.clear()
     out = np.asarray(diffusion.denoise_window(
         apply_fn, None, steps=steps, guidance=guidance, use_scan=use_scan,
         **inp))
@@ -76,6 +81,8 @@ def test_ddim_with_the_true_v_returns_x0_and_guides_linearly(use_scan):
                                atol=2e-4, err_msg=f"{steps=} {guidance=}")
     np.testing.assert_array_equal(out[~unknown],
                                   np.asarray(inp["context"])[~unknown])
+    # Guidance 1 is the conditional call alone: no unconditional half.
+    assert batches == [b if guidance == 1 else 2 * b] * steps, batches
 
 
 def test_ddim_on_gaussian_data_follows_the_probability_flow():
@@ -116,20 +123,20 @@ def test_alpha_sigma_is_the_cosine_schedule():
 def test_frame_noise_depends_only_on_key_and_offset():
   """What makes the same seed give the same frames however the frames are
   split into windows and the samples into batches."""
-  from bidigen import sample
-  keys = sample.sample_keys(0, 3)
+  from bidigen import expansion
+  keys = expansion.sample_keys(0, 3)
   shape = (2, 2, 1)
-  a = np.asarray(sample.frame_noise(keys, jnp.asarray(
+  a = np.asarray(expansion.frame_noise(keys, jnp.asarray(
       [[-2, -1, 0, 1, 2]] * 3), shape))
-  b = np.asarray(sample.frame_noise(keys[::-1], jnp.asarray(
+  b = np.asarray(expansion.frame_noise(keys[::-1], jnp.asarray(
       [[1, 2, 3]] * 3), shape))
   # Same (key, offset) anywhere in the window or the batch: same noise.
   np.testing.assert_array_equal(a[:, 3:], b[::-1, :2])
   # Another offset or another key: other noise.
   assert not np.allclose(a[:, 0], a[:, 1])
   assert not np.allclose(a[0], a[1])
-  keys1 = sample.sample_keys(1, 3)
-  c = np.asarray(sample.frame_noise(keys1, jnp.asarray(
+  keys1 = expansion.sample_keys(1, 3)
+  c = np.asarray(expansion.frame_noise(keys1, jnp.asarray(
       [[-2, -1, 0, 1, 2]] * 3), shape))
   assert not np.allclose(a, c)
 
@@ -164,7 +171,7 @@ def test_dpm_solver_follows_the_gaussian_flow_closer_in_few_steps():
   x0 = jnp.asarray(np.random.default_rng(2).normal(
       size=inp["noise"].shape), jnp.float32)
   known_x0 = lambda p, z, k, an, o, level, tx, m: v_from_x0(
-      z, jnp.concatenate([x0, x0]), level)
+      z, jnp.concatenate([x0] * (z.shape[0] // x0.shape[0])), level)
   for use_scan in (True, False):
     out = np.asarray(diffusion.denoise_window(
         known_x0, None, steps=5, guidance=1.0, solver="dpmpp_2m",

@@ -30,7 +30,7 @@ def test_latent_shape_is_taef2s(tiny_config):
 def test_sampling_latents_round_trip_through_the_saved_statistics():
   """to_latents normalises with the model's mean/std and to_frames undoes
   it: a photo survives encode -> decode as TAEF2 alone would give it."""
-  from bidigen import sample
+  from bidigen import expansion
   from bidigen.models import taef2
   from skimage import data as skdata
   from PIL import Image
@@ -41,11 +41,11 @@ def test_sampling_latents_round_trip_through_the_saved_statistics():
   params = {"autoencoder": ae,
             "latent_mean": rng.normal(size=32).astype(np.float32),
             "latent_std": rng.uniform(0.5, 2, 32).astype(np.float32)}
-  z = sample.to_latents(params, x)
+  z = expansion.to_latents(params, x)
   raw = taef2.encode(ae, (x + 1) / 2)
   np.testing.assert_allclose(z, (raw - params["latent_mean"])
                              / params["latent_std"], rtol=1e-4, atol=1e-4)
-  back = sample.to_frames(params, z)
+  back = expansion.to_frames(params, z)
   ref = taef2.decode(ae, raw) * 2 - 1
   np.testing.assert_allclose(back, ref, atol=1e-3)
   assert float(jnp.mean(jnp.abs(back - x))) < 0.15

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bidigen import expansion
 from bidigen import models
-from bidigen import sample
 from bidigen import sharding
 from bidigen import train
 from tests.test_diffusion import v_from_x0
@@ -19,7 +19,7 @@ from tests.test_diffusion import v_from_x0
     (4, 4, 0, 4), (0, 0, 0, 4), (5, 0, 1, 9), (16, 16, 3, 19),
     (3, 12, 2, 14)])
 def test_plan_covers_the_requested_frames(before, after, steps, side):
-  half, new, n, s = sample.plan(before, after, window=9, context=4)
+  half, new, n, s = expansion.plan(before, after, window=9, context=4)
   assert (half, new, n, s) == (4, 5, steps, side)
   assert s >= max(before, after)
 
@@ -39,13 +39,13 @@ def setup(tiny_config):
           jax.random.key(0))
   leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, state.ema))
   keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = sample.model_params(jax.tree.unflatten(tree, [
+  params = expansion.model_params(jax.tree.unflatten(tree, [
       l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]),
       config.model)
   rng = np.random.default_rng(0)
   b = 8
   inputs = (rng.uniform(-1, 1, (b, 64, 64, 3)).astype(np.float32),
-            sample.sample_keys(0, b),
+            expansion.sample_keys(0, b),
             rng.normal(size=(b, 24, 16)).astype(np.float32),
             np.ones((b, 24), np.float32),
             np.zeros((b, 24, 16), np.float32), np.ones((b, 24), np.float32))
@@ -59,14 +59,14 @@ def sampled(setup):
   """The scanned sampler for a batch of 8 over the 8 devices, compiled
   once for the module, and its frames for the setup's inputs."""
   mesh, params, inputs, kw = setup
-  f = sample.make_sampler(mesh, batch=8, **kw)
+  f = expansion.make_sampler(mesh, batch=8, **kw)
   return f, np.asarray(f(params, *inputs))
 
 
 def test_scan_sampler_matches_loop_reference(setup, sampled):
   mesh, params, inputs, kw = setup
   scan = sampled[1]
-  loop = jax.jit(lambda p, *a: sample.expand(p, *a, use_scan=False, **kw))(
+  loop = jax.jit(lambda p, *a: expansion.expand(p, *a, use_scan=False, **kw))(
       params, *inputs)
   scan, loop = np.asarray(scan, int), np.asarray(loop, int)
   assert scan.shape == (8, 17, 64, 64, 3)
@@ -100,7 +100,7 @@ def test_noise_follows_each_sample_key(setup, sampled):
   drawn by batch position, or one key for all, would break this)."""
   _, params, inputs, _ = setup
   image, *text = (np.repeat(x[:1], 8, 0) for x in (inputs[0],) + inputs[2:])
-  keys = sample.sample_keys(0, 8)
+  keys = expansion.sample_keys(0, 8)
   perm = np.array([3, 0, 7, 1, 6, 2, 5, 4])
   f = sampled[0]
   a = np.asarray(f(params, image, keys, *text), int)
@@ -148,10 +148,10 @@ def test_expansion_continues_a_known_clip(before, after, use_scan):
   text = np.zeros((b, 2, 4), np.float32)
   mask = np.ones((b, 2), np.float32)
   f = jax.jit(functools.partial(
-      sample.expand_latents, unet=LinearMotionUNet(), window=9, context=4,
+      expansion.expand_latents, unet=LinearMotionUNet(), window=9, context=4,
       frames_before=before, frames_after=after, steps=2, guidance=2.0,
       use_scan=use_scan))
-  out = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, b),
+  out = np.asarray(f({"delta": delta}, anchor, expansion.sample_keys(0, b),
                      text, mask, text, mask))
   offsets = np.arange(-before, after + 1)[:, None, None, None]
   want = anchor[:, None] + offsets * delta
@@ -168,7 +168,7 @@ def test_one_device_and_a_batch_of_one_give_the_frames_of_eight(setup,
   assert mesh.devices.size == 8
   eight = np.asarray(sampled[1], int)
   one_mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  one = np.asarray(sample.make_sampler(one_mesh, batch=1, **kw)(
+  one = np.asarray(expansion.make_sampler(one_mesh, batch=1, **kw)(
       params, *(x[:1] for x in inputs)), int)
   # XLA compiles a per-device batch of 1 and of 8 differently; float
   # rounding may move a pixel by one level, never more.
@@ -203,10 +203,10 @@ def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
   anchor, delta, text, mask = _oracle_clip()
   on = lambda o: anchor + np.asarray(curve(np.float32(o))) * delta
   f = jax.jit(functools.partial(
-      sample.expand_latents, unet=LinearMotionUNet(curve), window=9,
+      expansion.expand_latents, unet=LinearMotionUNet(curve), window=9,
       context=4, frames_before=before, frames_after=after, steps=2,
       guidance=2.0, loop=loop))
-  out = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, 4),
+  out = np.asarray(f({"delta": delta}, anchor, expansion.sample_keys(0, 4),
                      text, mask, text, mask,
                      keyframes={o: on(o) for o in keys}))
   want = np.stack([on(o) for o in range(-before, after + 1)], 1)
@@ -217,7 +217,7 @@ def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
   # frames beside each keyframe move only if the windows that make them
   # are told it (the planner makes them with it); the keyframes stay.
   moved = {o: on(o) + 0.5 for o in keys}
-  out2 = np.asarray(f({"delta": delta}, anchor, sample.sample_keys(0, 4),
+  out2 = np.asarray(f({"delta": delta}, anchor, expansion.sample_keys(0, 4),
                       text, mask, text, mask, keyframes=moved))
   for o in keys:
     np.testing.assert_array_equal(out2[:, o + before], moved[o])
@@ -229,7 +229,7 @@ def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
 def _simulate(known, before, after, window, context, loop):
   """Runs a plan on the host: for each frame, the window that generated it
   and what that window knew. Checks that no window rewrites a frame."""
-  w, side, steps = sample.plan_windows(known, before, after, window,
+  w, side, steps = expansion.plan_windows(known, before, after, window,
                                        context, loop=loop)
   have = {side + o for o in known}
   made = {}
@@ -281,4 +281,4 @@ def test_plans_reach_every_frame_and_close_gaps_from_both_sides():
       assert ({side + after, side - before} <= made[side + after][0]
               or {side + after, side - before} <= made[side - before][0])
   with pytest.raises(ValueError, match="loop needs more frames"):
-    sample.plan_windows([0], 4, 4, 9, 4, loop=True)
+    expansion.plan_windows([0], 4, 4, 9, 4, loop=True)
