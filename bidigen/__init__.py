@@ -27,7 +27,8 @@ def _set_cpu_convolutions():
   except importlib.metadata.PackageNotFoundError:
     return
   if jaxlib.startswith("0.10."):
-    os.environ["XLA_FLAGS"] = f"{flags} {CPU_CONV_FLAG}".strip()
+    # First: XLA stops reading XLA_FLAGS at a word that is not a flag.
+    os.environ["XLA_FLAGS"] = f"{CPU_CONV_FLAG} {flags}".strip()
 
 
 _set_cpu_convolutions()

@@ -241,7 +241,7 @@ def cpu_convolutions(repeats):
          f"--repeats={repeats}",
          f"--config={config_flags.get_config_filename(FLAGS['config'])}"]
         + [f"--checkpoint={FLAGS.checkpoint}"] * bool(FLAGS.checkpoint),
-        env=dict(os.environ, XLA_FLAGS=f"{user} {flag}".strip()),
+        env=dict(os.environ, XLA_FLAGS=f"{flag} {user}".strip()),
         capture_output=True, text=True, check=False)
     if out.returncode:
       raise RuntimeError(f"the {name} run failed:\n{out.stderr[-3000:]}")

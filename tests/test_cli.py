@@ -132,3 +132,35 @@ def test_webvid_without_data_says_how_to_prepare(tmp_path):
                   f"--config.data.data_dir={tmp_path}/tfds")
   assert_one_line_error(proc, "no encoded latents", str(tmp_path),
                         "--mode=encode")
+
+
+_CONV_GRADIENT = """
+import os, bidigen, jax, jax.numpy as jnp
+conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+grad = jax.jit(jax.grad(lambda w, x: conv(x, w).sum()))
+hlo = grad.lower(jnp.ones((3, 3, 64, 64)), jnp.ones((8, 32, 32, 64))
+                 ).compile().as_text()
+print(os.environ["XLA_FLAGS"])
+print("%ynn_fusion" in hlo)
+"""
+
+
+def test_importing_bidigen_leaves_cpu_convolutions_to_xla():
+  """bidigen's CPU default reaches XLA: imported before jax starts, it adds
+  CPU_CONV_FLAG to the user's XLA_FLAGS (keeping theirs), and a
+  convolution's filter gradient then compiles without the YNNPACK fusion
+  that XLA's default puts there. A user's own fusion setting is kept."""
+  import bidigen  # pylint: disable=import-outside-toplevel
+  base = xla_flags(1)
+  for flags, want_flags, want_ynn in (
+      (base, f"{bidigen.CPU_CONV_FLAG} {base}", False),
+      (f"{base} {bidigen.XLA_DEFAULT_CONV_FLAG}",
+       f"{base} {bidigen.XLA_DEFAULT_CONV_FLAG}", True)):
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONV_GRADIENT], cwd=ROOT, timeout=300,
+        env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+        capture_output=True, text=True, check=True)
+    seen, ynn = proc.stdout.splitlines()[-2:]
+    assert seen == want_flags
+    assert ynn == str(want_ynn), flags
