@@ -94,10 +94,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   # solver: "ddim", or "dpmpp_2m" (DPM-Solver++(2M), second order: fewer
-  # steps for the same result; --mode=evaluate with eval.solver/eval.steps
-  # measures the two on the same clips).
-  c.sample = dict(steps=4 if tiny else 25, guidance=3.0, frames_before=4,
-                  frames_after=4, fps=8, solver="ddim")
+  # steps for the same result). 8 DPM-Solver++ steps gave the embedded
+  # model's 25-step DDIM result on held-out real clips (PSNR +0.02 dB, LPIPS
+  # equal; README, Results), so that is the default; --mode=evaluate with
+  # eval.solver/eval.steps measures any pair. :tiny keeps DDIM, which the
+  # tests' exact references use.
+  c.sample = dict(steps=4 if tiny else 8, guidance=3.0, frames_before=4,
+                  frames_after=4, fps=8, solver="ddim" if tiny else "dpmpp_2m")
 
   # --mode=evaluate: the first num_clips test clips, samples_per_clip samples
   # each (mean and best-of-samples). steps/guidance None: the model's own.
