@@ -192,13 +192,14 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
         f"guidance other than 1); TAEF2 per frame: encode "
         f"{enc_flops / 1e9:.2f}, decode {dec_flops / 1e9:.2f} GFLOP")
 
-  def run(side, g):
+  def run(side, g, n_steps=steps, **kw):
     """Seconds and GFLOP for 2 * side + 1 frames at guidance g."""
     bucket = expansion.bucket(side, side, window, context)
     solved = 1 + 2 * expansion.plan(bucket, bucket, window, context)[2]
-    call(side, side, guidance=g)  # Compiles a new bucket.
-    sec = timed(lambda: call(side, side, guidance=g), max(1, repeats // 2))
-    return sec, solved, (solved * steps * unet_flops[1 + (g != 1)]
+    sample_kw = dict(guidance=g, steps=n_steps, **kw)
+    call(side, side, **sample_kw)  # Compiles a new bucket.
+    sec = timed(lambda: call(side, side, **sample_kw), max(1, repeats // 2))
+    return sec, solved, (solved * n_steps * unet_flops[1 + (g != 1)]
                          + (2 * bucket + 1) * dec_flops + enc_flops) / 1e9
 
   print(f"guidance {guidance:g}:")
@@ -215,12 +216,22 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
   print(f"(each expansion step solves 2 windows for {window - context} new "
         "frames a side, so windows per frame rise from 1/9 towards 1/5; "
         "a bucket rounds expansion steps up to a power of two)")
+  if 8 in results:
+    sec, _, total = results[8]
+    print(f"17 frames: {sec:.2f} s, {total / sec:.1f} GFLOP/s = "
+          f"{100 * total / sec / peak:.0f}% of peak ({steps} "
+          f"{cfg.sample.get('solver', 'ddim')} steps, guidance {guidance:g})")
   if compiles and guidance == 1 and 8 in results:
     sec3, _, total3 = run(8, 3.0)
     print(f"17 frames at guidance 3: {sec3:.2f} s, {total3 / sec3:.1f} "
           f"GFLOP/s = {100 * total3 / sec3 / peak:.0f}% of peak; guidance 1 "
           f"skips the unconditional half: {sec3 / results[8][0]:.2f}x as "
           "fast")
+  if compiles and 8 in results:
+    old, _, _ = run(8, 3.0, 25, solver="ddim")
+    print(f"17 frames with the old sampling defaults (25 DDIM steps, "
+          f"guidance 3): {old:.2f} s; the defaults now are "
+          f"{old / results[8][0]:.1f}x as fast")
 
 
 def cpu_convolutions(repeats):
@@ -247,12 +258,11 @@ def cpu_convolutions(repeats):
       raise RuntimeError(f"the {name} run failed:\n{out.stderr[-3000:]}")
     lines = out.stdout.splitlines()
     step = next(l for l in lines if l.startswith("train step from cached"))
-    frames = next(l for l in lines if l.strip().startswith("17 "))
+    frames = next(l for l in lines if l.startswith("17 frames: "))
     times[name] = (float(step.split(": ")[1].split(" s/step")[0]),
-                   float(frames.split()[3]))
+                   float(frames.split()[2]))
     print(f"  {name} ({flag}):\n    train step: {step.split(': ', 1)[1]}"
-          f"\n    17 frames: {times[name][1]:.2f} s, "
-          f"{frames.split()[-2]} GFLOP/s = {frames.split()[-1]} of peak")
+          f"\n    {frames}")
   old, new = times["XLA's default (YNNPACK)"], times["bidigen's default"]
   print(f"bidigen's CPU convolutions against XLA's default: the train step "
         f"{old[0] / new[0]:.2f}x as fast, sampling {old[1] / new[1]:.2f}x")
