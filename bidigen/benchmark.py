@@ -15,6 +15,16 @@ train step and 17-frame sampling again in two processes, with XLA's own
 default (YNNPACK) convolutions and with bidigen's (``bidigen.CPU_CONV_FLAG``,
 set when bidigen is imported), and prints the ratios
 (``--convolution_run`` is what each of them runs).
+
+On an accelerator (or with ``--accelerator``) it instead measures the
+chip's bf16 matmul peak and times the real train step of ``--config``
+(``configs/webvid.py:runlocal``: 256 px, bf16) in several variants: the old
+path (float32, XLA attention), bf16 with XLA and with cuDNN attention, and
+each rematerialisation policy, printing step time, model TFLOP/s, MFU
+against the chip's data-sheet bf16 peak and against the measured one, and
+XLA's temporary memory:
+
+  python -m bidigen.benchmark --config=configs/webvid.py:runlocal
 """
 
 import os
@@ -39,7 +49,38 @@ flags.DEFINE_string("checkpoint", None, "Model to sample with; default: the "
 flags.DEFINE_bool("convolution_run", False, "Only the peak, the train "
                   "step and 17-frame sampling: what each process of the CPU "
                   "convolution comparison runs.")
+flags.DEFINE_bool("accelerator", False, "Run the accelerator section "
+                  "(bf16 peak, train-step variants and MFU) even on a CPU; "
+                  "on a GPU or TPU it is what runs.")
+flags.DEFINE_float("budget_s", 420.0, "Accelerator section: variants not "
+                   "started within this many seconds are skipped (each "
+                   "compiles a new program).")
 FLAGS = flags.FLAGS
+
+# Dense bf16 TFLOP/s from the vendors' data sheets (sparsity not counted),
+# keyed by a part of jax's device_kind.
+BF16_PEAK = {"H100": 989.0, "H200": 989.0, "GH200": 989.0, "A100": 312.0,
+             "L4": 121.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+             "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
+             "TPU v6 lite": 918.0, "TPU v6e": 918.0}
+
+
+def nominal_peak(device_kind: str) -> float | None:
+  """The data-sheet bf16 peak of a device kind, or None if unknown; the
+  longest matching key wins ("TPU v5 lite" before "TPU v5")."""
+  hits = [k for k in BF16_PEAK if k.lower() in device_kind.lower()]
+  return BF16_PEAK[max(hits, key=len)] if hits else None
+
+
+# (what it is, model.dtype, model.attention, model.remat), most telling
+# first: the section stops starting variants at --budget_s.
+ACCELERATOR_VARIANTS = (
+    ("bf16, auto attention, no remat", "bfloat16", "auto", "none"),
+    ("bf16, auto attention, remat dots", "bfloat16", "auto", "dots"),
+    ("old path: float32, XLA attention, no remat", "float32", "xla", "none"),
+    ("bf16, XLA attention, no remat", "bfloat16", "xla", "none"),
+    ("bf16, auto attention, remat blocks", "bfloat16", "auto", "blocks"),
+)
 
 
 def timed(fn, repeats):
@@ -270,10 +311,100 @@ def cpu_convolutions(repeats):
         f"{old[0] / new[0]:.2f}x as fast, sampling {old[1] / new[1]:.2f}x")
 
 
+def random_batch(config, mesh, text_dim: int = 384) -> dict:
+  """A train batch of random latents and text: the step's cost does not
+  depend on the values, and no autoencoder or text encoder is needed."""
+  from bidigen import models, sharding
+  b, t = config.train.batch_size, config.data.num_frames
+  length = config.model.text.max_length
+  rng = np.random.default_rng(0)
+  local = {"latents": rng.normal(size=(b, t) + models.latent_shape(
+               config.data.resolution)).astype(np.float32),
+           "text": rng.normal(size=(b, length, text_dim)).astype(np.float32),
+           "text_mask": np.ones((b, length), np.float32)}
+  if config.train.get("flow_weight", 0.0):
+    h = models.latent_shape(config.data.resolution)[0]
+    local["flows"] = np.zeros((b, t - 1, h, h, 2), np.float32)
+  return sharding.global_batch(mesh, local)
+
+
+def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
+  """MFU of the real train step on this chip, per variant.
+
+  MFU counts model FLOPs: XLA's count for the step with XLA attention and
+  no remat at the same dtype (cuDNN's fused attention is a custom call XLA
+  does not count, and recomputation is overhead, not model work)."""
+  from bidigen import sharding, train
+  from bidigen.models import taef2
+  start = time.perf_counter()
+  dev = jax.devices()[0]
+  nominal = nominal_peak(dev.device_kind)
+  n = 8192 if dev.platform != "cpu" else 1024
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  matmul = jax.jit(lambda a, b: a @ b)
+  measured = 2 * n**3 / timed(lambda: matmul(a, a), repeats) / 1e12
+  print(f"accelerator: {len(jax.devices())} x {dev.device_kind}; bf16 "
+        f"matmul {n}x{n}: {measured:.0f} TFLOP/s measured; data-sheet peak "
+        f"{nominal if nominal else 'unknown'} TFLOP/s")
+  base = config.copy_and_resolve_references()
+  base.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
+  base.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
+  mesh = sharding.make_mesh(base.mesh.axes)
+  batch = random_batch(base, mesh)
+  key = jax.random.key(1)
+  print(f"train step: batch {base.train.batch_size}, "
+        f"{base.data.resolution}px, {base.data.num_frames} frames, window "
+        f"{base.model.window}, UNet channels {base.model.unet.channels}")
+  model_flops = {}
+
+  def variant(dtype, attention, remat):
+    cfg = base.copy_and_resolve_references()
+    cfg.model.update(dtype=dtype, attention=attention, remat=remat)
+    return train.Trainer(cfg, mesh, text_dim=384)
+
+  for name, dtype, attention, remat in variants:
+    if time.perf_counter() - start > budget_s:
+      print(f"  {name}: skipped (--budget_s={budget_s:g} reached)")
+      continue
+    try:
+      if dtype not in model_flops:  # Lowered, not compiled: cheap.
+        ref = variant(dtype, "xla", "none")
+        cost = ref.step.lower(ref.abstract_state, batch, key).cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        model_flops[dtype] = float(cost["flops"])
+      trainer = variant(dtype, attention, remat)
+      holder = {"state": trainer.init(jax.random.key(0))}
+      t = time.perf_counter()
+      compiled = trainer.step.lower(holder["state"], batch, key).compile()
+      compile_s = time.perf_counter() - t
+      mem = compiled.memory_analysis()
+      temp = getattr(mem, "temp_size_in_bytes", 0) / 2**30 if mem else 0.0
+
+      def step():
+        holder["state"], m = compiled(holder["state"], batch, key)
+        return m
+      sec = timed(step, repeats)
+      del holder
+    except Exception as e:  # One variant's failure must not hide the rest.
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      print(f"  {name}: failed: {type(e).__name__}: {first}")
+      continue
+    tflops = model_flops[dtype] / sec / 1e12
+    mfu = f"{100 * tflops / nominal:.1f}%" if nominal else "n/a"
+    print(f"  {name}: {sec * 1e3:.1f} ms/step, {tflops:.1f} TFLOP/s "
+          f"(model {model_flops[dtype] / 1e12:.2f} TFLOP/step), MFU {mfu} "
+          f"of the data sheet, {100 * tflops / measured:.1f}% of the "
+          f"measured peak; compile {compile_s:.0f} s; XLA temporaries "
+          f"{temp:.1f} GiB")
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
+  if FLAGS.accelerator or jax.default_backend() != "cpu":
+    accelerator(FLAGS.config, FLAGS.repeats, FLAGS.budget_s)
+    return
   peak = peak_matmul(FLAGS.repeats)
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")
   if FLAGS.convolution_run:

@@ -49,6 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Rematerialisation per UNet block: "none", "blocks" (recompute each
   # block in the backward pass) or "dots" (keep only matmul results).
   c.model.remat = "none"
+  # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU with
+  # bf16/fp16 activations where the head width allows, XLA elsewhere), "xla"
+  # (jax's default: the full logits) or "cudnn" (an error where it can't).
+  c.model.attention = "auto"
   c.model.context_frames = 4  # Known frames carried into each expansion.
   c.model.unet = dict(
       channels=32 if tiny else 64,  # At least the latent's 32 channels.

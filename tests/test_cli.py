@@ -164,3 +164,15 @@ def test_importing_bidigen_leaves_cpu_convolutions_to_xla():
     seen, ynn = proc.stdout.splitlines()[-2:]
     assert seen == want_flags
     assert ynn == str(want_ynn), flags
+
+
+def test_benchmark_knows_each_chips_bf16_peak():
+  """MFU divides by the data-sheet peak of the chip jax names; the longest
+  matching name wins, so a v5e is not taken for a v5p."""
+  from bidigen import benchmark
+  assert benchmark.nominal_peak("NVIDIA H100 80GB HBM3") == 989.0
+  assert benchmark.nominal_peak("NVIDIA H200") == 989.0
+  assert benchmark.nominal_peak("TPU v5 lite") == 197.0
+  assert benchmark.nominal_peak("TPU v5") == 459.0
+  assert benchmark.nominal_peak("TPU v6 lite") == 918.0
+  assert benchmark.nominal_peak("cpu") is None

@@ -18,7 +18,8 @@ def build(model_config) -> UNet:
               num_heads=model_config.unet.num_heads,
               max_offset=model_config.unet.max_offset,
               dtype=jnp.dtype(model_config.get("dtype", "float32")),
-              remat=model_config.get("remat", "none"))
+              remat=model_config.get("remat", "none"),
+              attention=model_config.get("attention", "auto"))
 
 
 def latent_shape(resolution: int) -> tuple[int, int, int]:

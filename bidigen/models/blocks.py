@@ -59,10 +59,37 @@ class ResBlock(nn.Module):
     return x + h
 
 
+ATTENTION = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(choice: str, backend: str, dtype, head_dim: int,
+                             lengths: tuple[int, int] = (2, 2),
+                             bias: bool = False) -> str:
+  """``jax.nn.dot_product_attention``'s implementation for ``choice``.
+
+  jax's own default (None) is XLA everywhere, which materialises the logits;
+  "auto" asks for cuDNN's fused flash attention on a GPU where it applies:
+  bf16 or fp16 activations, a head width that is a multiple of 8 up to 128,
+  and, with a bias or mask (which cuDNN adds as a bias), even query and key
+  lengths, without which cuDNN has no backward pass (the temporal window of
+  17 frames). XLA everywhere else (CPU, TPU, float32)."""
+  if choice not in ATTENTION:
+    raise ValueError(f"config.model.attention={choice!r}; known: "
+                     f"{', '.join(ATTENTION)}")
+  if choice != "auto":
+    return choice
+  fused = (backend == "gpu" and head_dim % 8 == 0 and head_dim <= 128
+           and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+           and not (bias and (lengths[0] % 2 or lengths[1] % 2)))
+  return "cudnn" if fused else "xla"
+
+
 class Attention(nn.Module):
-  """Multi-head attention; ``bias`` is added to the logits (e.g. positions)."""
+  """Multi-head attention; ``bias`` is added to the logits (e.g. positions).
+  ``attention`` picks the kernel (see ``attention_implementation``)."""
   num_heads: int
   dtype: Any = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, context=None, context_mask=None, bias=None):
@@ -83,10 +110,12 @@ class Attention(nn.Module):
     if bias is not None:
       bias = jnp.broadcast_to(bias, (1,) * (4 - bias.ndim) + bias.shape)
       bias = bias.astype(q.dtype)
-    # XLA's attention on CPU and TPU, cuDNN's fused flash attention on GPU
-    # where its conditions hold (jax picks); same numbers as softmax(qk^T)v.
+    impl = attention_implementation(
+        self.attention, jax.default_backend(), q.dtype, head,
+        (x.shape[-2], context.shape[-2]), bias is not None or mask is not None)
     out = jax.nn.dot_product_attention(split(q), split(k), split(v),
-                                       bias=bias, mask=mask)
+                                       bias=bias, mask=mask,
+                                       implementation=impl)
     out = out.reshape(lead + (out.shape[1], width))
     return nn.Dense(
         width, kernel_init=nn.with_logical_partitioning(
@@ -111,6 +140,7 @@ class SpatialTransformer(nn.Module):
   """Self-attention within a frame, then cross-attention to text tokens."""
   num_heads: int
   dtype: Any = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, text, text_mask):
@@ -118,9 +148,10 @@ class SpatialTransformer(nn.Module):
     d = self.dtype
     norm = lambda: nn.LayerNorm(dtype=d)
     t = x.reshape(b, h * w, c)
-    t = t + Attention(self.num_heads, d, name="self_attn")(norm()(t))
+    t = t + Attention(self.num_heads, d, self.attention, name="self_attn")(
+        norm()(t))
     ctx = dense(c, axes=("text", "embed"), name="text_proj", dtype=d)(text)
-    t = t + Attention(self.num_heads, d, name="cross_attn")(
+    t = t + Attention(self.num_heads, d, self.attention, name="cross_attn")(
         norm()(t), context=ctx, context_mask=text_mask)
     t = t + FeedForward(dtype=d)(norm()(t))
     return t.reshape(b, h, w, c)

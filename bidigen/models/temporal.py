@@ -18,6 +18,7 @@ class TemporalTransformer(nn.Module):
   num_heads: int
   max_distance: int = 16
   dtype: Any = None
+  attention: str = "auto"
 
   @nn.compact
   def __call__(self, x, num_frames: int):
@@ -32,7 +33,8 @@ class TemporalTransformer(nn.Module):
         "relative_bias", nn.initializers.zeros,
         (2 * self.max_distance + 1, self.num_heads))
     bias = table[dist].transpose(2, 0, 1)  # [heads, T, T]
-    t = t + blocks.Attention(self.num_heads, self.dtype, name="attn")(
+    t = t + blocks.Attention(self.num_heads, self.dtype, self.attention,
+                             name="attn")(
         nn.LayerNorm(dtype=self.dtype)(t), bias=bias)
     t = t + blocks.FeedForward(dtype=self.dtype)(
         nn.LayerNorm(dtype=self.dtype)(t))

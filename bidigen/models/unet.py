@@ -42,6 +42,9 @@ class UNet(nn.Module):
   # What the backward pass recomputes instead of keeping, per block (see
   # REMAT): "none", "blocks" or "dots" (keeps only matmul results).
   remat: str = "none"
+  # Attention kernel: "auto" (cuDNN flash attention on GPU where it applies,
+  # XLA elsewhere), "xla" or "cudnn"; see blocks.attention_implementation.
+  attention: str = "auto"
 
   def block(self, cls, counts, *args, static=()):
     """``cls(...)(*args)`` named as Flax would name it unwrapped
@@ -87,10 +90,12 @@ class UNet(nn.Module):
       hs = res(width, hs, emb)
       if self.attention_levels[level]:
         cls, name = self.block(blocks.SpatialTransformer, counts)
-        hs = cls(self.num_heads, d, name=name)(hs, text_rep, text_mask_rep)
+        hs = cls(self.num_heads, d, self.attention, name=name)(
+            hs, text_rep, text_mask_rep)
       cls, name = self.block(temporal.TemporalTransformer, counts,
                              static=(2,))
-      return cls(self.num_heads, max_distance=t, dtype=d, name=name)(hs, t)
+      return cls(self.num_heads, max_distance=t, dtype=d,
+                 attention=self.attention, name=name)(hs, t)
 
     hs = blocks.conv(self.channels, dtype=d)(hs)
     skips = [hs]
