@@ -37,6 +37,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
+import jax.extend.core as jex_core  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
@@ -52,6 +53,9 @@ flags.DEFINE_bool("convolution_run", False, "Only the peak, the train "
 flags.DEFINE_bool("accelerator", False, "Run the accelerator section "
                   "(bf16 peak, train-step variants and MFU) even on a CPU; "
                   "on a GPU or TPU it is what runs.")
+flags.DEFINE_list("variants", [], "Accelerator section: which variants, "
+                  "as dtype/attention/remat (e.g. bfloat16/auto/dots); "
+                  "default: all of ACCELERATOR_VARIANTS.")
 flags.DEFINE_float("budget_s", 420.0, "Accelerator section: variants not "
                    "started within this many seconds are skipped (each "
                    "compiles a new program).")
@@ -75,10 +79,10 @@ def nominal_peak(device_kind: str) -> float | None:
 # (what it is, model.dtype, model.attention, model.remat), most telling
 # first: the section stops starting variants at --budget_s.
 ACCELERATOR_VARIANTS = (
+    ("bf16, XLA attention, no remat", "bfloat16", "xla", "none"),
     ("bf16, auto attention, no remat", "bfloat16", "auto", "none"),
     ("bf16, auto attention, remat dots", "bfloat16", "auto", "dots"),
     ("old path: float32, XLA attention, no remat", "float32", "xla", "none"),
-    ("bf16, XLA attention, no remat", "bfloat16", "xla", "none"),
     ("bf16, auto attention, remat blocks", "bfloat16", "auto", "blocks"),
 )
 
@@ -97,6 +101,36 @@ def flops(jitted, *args) -> float:
   cost = jitted.lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   return float(cost.get("flops", 0.0))
+
+
+def matmul_flops(jaxpr) -> float:
+  """FLOPs of every dot and convolution in a jaxpr (2 per multiply-add),
+  sub-jaxprs included, a scan's body times its length, a cond's costliest
+  branch. The same count on every backend: XLA's compiled count on GPU
+  leaves out cuBLAS's and cuDNN's custom calls, which are the matmuls and
+  convolutions themselves."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    out = np.prod(eqn.outvars[0].aval.shape) if eqn.outvars else 0
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * out * np.prod([lhs[d] for d in contract])
+    elif name == "conv_general_dilated":
+      rhs = eqn.invars[1].aval.shape
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *window)
+      total += 2.0 * out * np.prod([rhs[d] for d in spec[1:]])
+    subs = []
+    for value in eqn.params.values():
+      for v in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(v, (jex_core.Jaxpr, jex_core.ClosedJaxpr)):
+          subs.append(matmul_flops(v))
+    if subs:
+      times = eqn.params.get("length", 1) if name == "scan" else 1
+      total += times * (max(subs) if name == "cond" else sum(subs))
+  return total
 
 
 def peak_matmul(repeats) -> float:
@@ -331,9 +365,9 @@ def random_batch(config, mesh, text_dim: int = 384) -> dict:
 def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
   """MFU of the real train step on this chip, per variant.
 
-  MFU counts model FLOPs: XLA's count for the step with XLA attention and
-  no remat at the same dtype (cuDNN's fused attention is a custom call XLA
-  does not count, and recomputation is overhead, not model work)."""
+  MFU counts model FLOPs: the matmuls and convolutions of the step with
+  XLA attention and no remat (``matmul_flops``; recomputation is overhead,
+  not model work)."""
   from bidigen import sharding, train
   from bidigen.models import taef2
   start = time.perf_counter()
@@ -367,11 +401,10 @@ def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
       print(f"  {name}: skipped (--budget_s={budget_s:g} reached)")
       continue
     try:
-      if dtype not in model_flops:  # Lowered, not compiled: cheap.
+      if dtype not in model_flops:  # Traced, not compiled: seconds.
         ref = variant(dtype, "xla", "none")
-        cost = ref.step.lower(ref.abstract_state, batch, key).cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        model_flops[dtype] = float(cost["flops"])
+        model_flops[dtype] = matmul_flops(jax.make_jaxpr(ref.step_fn)(
+            ref.abstract_state, batch, key))
       trainer = variant(dtype, attention, remat)
       holder = {"state": trainer.init(jax.random.key(0))}
       t = time.perf_counter()
@@ -403,7 +436,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
   if FLAGS.accelerator or jax.default_backend() != "cpu":
-    accelerator(FLAGS.config, FLAGS.repeats, FLAGS.budget_s)
+    by_key = {"/".join(v[1:]): v for v in ACCELERATOR_VARIANTS}
+    unknown = [k for k in FLAGS.variants if k not in by_key]
+    if unknown:
+      raise app.UsageError(f"--variants: {', '.join(unknown)} unknown; "
+                           f"known: {', '.join(by_key)}")
+    chosen = [by_key[k] for k in FLAGS.variants] or ACCELERATOR_VARIANTS
+    accelerator(FLAGS.config, FLAGS.repeats, FLAGS.budget_s, chosen)
     return
   peak = peak_matmul(FLAGS.repeats)
   print(f"peak float32 matmul (jitted 2048x2048 a@b): {peak:.0f} GFLOP/s")

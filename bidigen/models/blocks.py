@@ -63,24 +63,25 @@ ATTENTION = ("auto", "xla", "cudnn")
 
 
 def attention_implementation(choice: str, backend: str, dtype, head_dim: int,
-                             lengths: tuple[int, int] = (2, 2),
                              bias: bool = False) -> str:
   """``jax.nn.dot_product_attention``'s implementation for ``choice``.
 
   jax's own default (None) is XLA everywhere, which materialises the logits;
   "auto" asks for cuDNN's fused flash attention on a GPU where it applies:
   bf16 or fp16 activations, a head width that is a multiple of 8 up to 128,
-  and, with a bias or mask (which cuDNN adds as a bias), even query and key
-  lengths, without which cuDNN has no backward pass (the temporal window of
-  17 frames). XLA everywhere else (CPU, TPU, float32)."""
+  and no bias or mask. cuDNN wants a bias (a mask becomes one) at the full
+  query length and always computes its gradient, and has no backward pass
+  for odd lengths with one, so the temporal window (17 frames, relative
+  bias) and the masked cross-attention to text stay XLA's; spatial
+  self-attention, the long one (1024 positions at 256 px), is fused. XLA
+  everywhere else (CPU, TPU, float32)."""
   if choice not in ATTENTION:
     raise ValueError(f"config.model.attention={choice!r}; known: "
                      f"{', '.join(ATTENTION)}")
   if choice != "auto":
     return choice
   fused = (backend == "gpu" and head_dim % 8 == 0 and head_dim <= 128
-           and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-           and not (bias and (lengths[0] % 2 or lengths[1] % 2)))
+           and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not bias)
   return "cudnn" if fused else "xla"
 
 
@@ -112,7 +113,7 @@ class Attention(nn.Module):
       bias = bias.astype(q.dtype)
     impl = attention_implementation(
         self.attention, jax.default_backend(), q.dtype, head,
-        (x.shape[-2], context.shape[-2]), bias is not None or mask is not None)
+        bias is not None or mask is not None)
     out = jax.nn.dot_product_attention(split(q), split(k), split(v),
                                        bias=bias, mask=mask,
                                        implementation=impl)
