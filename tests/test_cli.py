@@ -176,3 +176,33 @@ def test_benchmark_knows_each_chips_bf16_peak():
   assert benchmark.nominal_peak("TPU v5") == 459.0
   assert benchmark.nominal_peak("TPU v6 lite") == 918.0
   assert benchmark.nominal_peak("cpu") is None
+
+
+def test_benchmark_counts_matmul_flops_from_the_jaxpr():
+  """The MFU numerator: 2 FLOPs per multiply-add of each dot and
+  convolution, a scan's body once per step, a cond's costlier branch, and
+  the backward pass's dots and convolutions through jax.grad."""
+  import jax
+  import jax.numpy as jnp
+  from bidigen import benchmark
+  x, w = jnp.ones((4, 5)), jnp.ones((5, 6))
+  dot = 2 * 4 * 6 * 5
+  img, ker = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  conv = 2 * (6 * 6 * 4) * (3 * 3 * 3)  # VALID: 6x6 outputs.
+
+  def f(x, w, img, ker):
+    _, ys = jax.lax.scan(lambda c, _: (c, c @ w), x, None, length=3)
+    y = jax.lax.cond(x[0, 0] > 0, lambda: x @ w, lambda: x[:, :1] * w[:1])
+    out = jax.lax.conv_general_dilated(img, ker, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO",
+                                                          "NHWC"))
+    return ys.sum() + y.sum() + out.sum()
+  count = lambda fn: benchmark.matmul_flops(jax.make_jaxpr(fn)(x, w, img,
+                                                                ker))
+  assert count(f) == 3 * dot + dot + conv
+  # The gradient of a dot with respect to one operand is one more dot of
+  # the same size; of a convolution, one more convolution.
+  only_conv = lambda x, w, img, ker: jax.lax.conv_general_dilated(
+      img, ker, (1, 1), "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC")).sum()
+  assert count(jax.grad(only_conv, argnums=3)) == 2 * conv
