@@ -2,19 +2,19 @@
 
   python -m bidigen.benchmark [--config=configs/synthetic.py] [--repeats=5]
 
-Prints: peak float32 matmul GFLOP/s (the best of 20 jitted 2048x2048
-a @ b); TAEF2's encoder and decoder in ms per frame at 128 and 256 px; the
-train step from cached latents (s/step, steps/s, XLA's FLOP count and the
-fraction of peak) next to the old step that ran the encoder inside it (the same UNet step
-after TAEF2 encodes the clip's pixels), both timed here in the same run; and
-sampling with the embedded model: compile times (the first call, another
-length in the same bucket, another guidance) and s/frame and FLOP/s for
-9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
+Prints: peak float32 matmul GFLOP/s (the best of 20 jitted 2048x2048 a @ b);
+TAEF2's encoder and decoder in ms per frame at 128 and 256 px; the train
+step from cached latents (s/step, steps/s, XLA's FLOP count and the fraction
+of peak) next to the old step that ran the encoder inside it (the same UNet
+step after TAEF2 encodes the clip's pixels), both timed here in the same
+run; and sampling with the embedded model: compile times (the first call,
+another length in the same bucket, another guidance) and s/frame and FLOP/s
+for 9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
 guidance 1 (which skips the unconditional half). On a CPU it then times the
 train step and 17-frame sampling again in two processes, with XLA's own
-default (YNNPACK) convolutions and with bidigen's (``bidigen.CPU_CONV_FLAG``,
-set when bidigen is imported), and prints the ratios
-(``--convolution_run`` is what each of them runs).
+default (YNNPACK) convolutions and with bidigen's
+(``bidigen.CPU_CONV_FLAG``, set when bidigen is imported), and prints the
+ratios (``--convolution_run`` is what each of them runs).
 
 On an accelerator (or with ``--accelerator``) it instead measures the
 chip's bf16 matmul peak and times the real train step of ``--config``
