@@ -50,8 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # block in the backward pass) or "dots" (keep only matmul results).
   c.model.remat = "none"
   # Attention kernel: "auto" (cuDNN's fused flash attention on a GPU with
-  # bf16/fp16 activations where the head width allows, XLA elsewhere), "xla"
-  # (jax's default: the full logits) or "cudnn" (an error where it can't).
+  # bf16/fp16 activations for attention with no bias or mask, i.e. spatial
+  # self-attention; XLA elsewhere), "xla" (jax's default: the full logits)
+  # or "cudnn" (an error where it can't).
   c.model.attention = "auto"
   c.model.context_frames = 4  # Known frames carried into each expansion.
   c.model.unet = dict(
