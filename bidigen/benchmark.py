@@ -164,31 +164,44 @@ def autoencoder(repeats, batch: int = 8):
           f"decode {d:.1f} ms/frame")
 
 
-def train_step(config, repeats, peak, old=True):
-  """The step from cached latents, and (``old``) the old step with the
-  encoder in it, on the same synthetic batch."""
-  from bidigen import models, sharding, train
+def train_setup(config):
+  """The config with neutral latent statistics (no cache to take them
+  from) and its mesh: what every train step here runs under."""
+  from bidigen import sharding
   from bidigen.models import taef2
   config = config.copy_and_resolve_references()
   config.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
   config.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
-  mesh = sharding.make_mesh(config.mesh.axes)
-  trainer = train.Trainer(config, mesh, text_dim=384)
-  b, r, t = config.train.batch_size, config.data.resolution, config.data.num_frames
+  return config, sharding.make_mesh(config.mesh.axes)
+
+
+def random_batch(config, mesh, text_dim: int = 384) -> dict:
+  """A train batch of random latents and text: the step's cost does not
+  depend on the values, and no autoencoder or text encoder is needed."""
+  from bidigen import models, sharding
+  b, t = config.train.batch_size, config.data.num_frames
   length = config.model.text.max_length
   rng = np.random.default_rng(0)
-  text = {"text": rng.normal(size=(b, length, 384)).astype(np.float32),
-          "text_mask": np.ones((b, length), np.float32)}
-  video = rng.integers(0, 255, (b, t, r, r, 3), dtype=np.uint8)
-  ae = taef2.load()
-  cached = sharding.global_batch(mesh, dict(text, latents=np.asarray(
-      jax.jit(taef2.encode)(ae, video.astype(np.float32) / 255))))
-  pixels = sharding.global_batch(mesh, dict(text, video=video))
+  local = {"latents": rng.normal(size=(b, t) + models.latent_shape(
+               config.data.resolution)).astype(np.float32),
+           "text": rng.normal(size=(b, length, text_dim)).astype(np.float32),
+           "text_mask": np.ones((b, length), np.float32)}
+  if config.train.get("flow_weight", 0.0):
+    h = models.latent_shape(config.data.resolution)[0]
+    local["flows"] = np.zeros((b, t - 1, h, h, 2), np.float32)
+  return sharding.global_batch(mesh, local)
 
-  def old_step(state, batch, rng):  # What the step did before the cache.
-    lat = taef2.encode(ae, batch["video"].astype(jnp.float32) / 255)
-    return trainer.step_fn(state, dict(batch, latents=lat), rng)
-  old_fn = jax.jit(old_step, donate_argnums=0)
+
+def train_step(config, repeats, peak, old=True):
+  """The step from cached latents (random: the cost does not depend on the
+  values), and (``old``) the old step with the encoder in it, on random
+  pixels with the same text."""
+  from bidigen import models, sharding, train
+  from bidigen.models import taef2
+  config, mesh = train_setup(config)
+  trainer = train.Trainer(config, mesh, text_dim=384)
+  b, r, t = config.train.batch_size, config.data.resolution, config.data.num_frames
+  cached = random_batch(config, mesh)
   key = jax.random.key(1)
   holder = {"state": trainer.init(jax.random.key(0))}
   n_flops = flops(trainer.step, holder["state"], cached, key)
@@ -196,7 +209,17 @@ def train_step(config, repeats, peak, old=True):
   results = {}
   runs = [("from cached latents", trainer.step, cached)]
   if old:
-    runs.append(("old, encoder in the step", old_fn, pixels))
+    ae = taef2.load()
+
+    def old_step(state, batch, rng):  # What the step did before the cache.
+      lat = taef2.encode(ae, batch["video"].astype(jnp.float32) / 255)
+      return trainer.step_fn(state, dict(batch, latents=lat), rng)
+    video = np.random.default_rng(0).integers(0, 255, (b, t, r, r, 3),
+                                              dtype=np.uint8)
+    pixels = {k: v for k, v in cached.items() if k != "latents"}
+    pixels.update(sharding.global_batch(mesh, {"video": video}))
+    runs.append(("old, encoder in the step",
+                 jax.jit(old_step, donate_argnums=0), pixels))
   for name, fn, batch in runs:
     def step():
       holder["state"], m = fn(holder["state"], batch, key)
@@ -355,31 +378,13 @@ def cpu_convolutions(repeats):
         f"{old[0] / new[0]:.2f}x as fast, sampling {old[1] / new[1]:.2f}x")
 
 
-def random_batch(config, mesh, text_dim: int = 384) -> dict:
-  """A train batch of random latents and text: the step's cost does not
-  depend on the values, and no autoencoder or text encoder is needed."""
-  from bidigen import models, sharding
-  b, t = config.train.batch_size, config.data.num_frames
-  length = config.model.text.max_length
-  rng = np.random.default_rng(0)
-  local = {"latents": rng.normal(size=(b, t) + models.latent_shape(
-               config.data.resolution)).astype(np.float32),
-           "text": rng.normal(size=(b, length, text_dim)).astype(np.float32),
-           "text_mask": np.ones((b, length), np.float32)}
-  if config.train.get("flow_weight", 0.0):
-    h = models.latent_shape(config.data.resolution)[0]
-    local["flows"] = np.zeros((b, t - 1, h, h, 2), np.float32)
-  return sharding.global_batch(mesh, local)
-
-
 def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
   """MFU of the real train step on this chip, per variant.
 
   MFU counts model FLOPs: the matmuls and convolutions of the step with
   XLA attention and no remat (``matmul_flops``; recomputation is overhead,
   not model work)."""
-  from bidigen import sharding, train
-  from bidigen.models import taef2
+  from bidigen import train
   start = time.perf_counter()
   dev = jax.devices()[0]
   nominal = nominal_peak(dev.device_kind)
@@ -390,10 +395,7 @@ def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
   print(f"accelerator: {len(jax.devices())} x {dev.device_kind}; bf16 "
         f"matmul {n}x{n}: {measured:.0f} TFLOP/s measured; data-sheet peak "
         f"{nominal if nominal else 'unknown'} TFLOP/s")
-  base = config.copy_and_resolve_references()
-  base.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
-  base.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
-  mesh = sharding.make_mesh(base.mesh.axes)
+  base, mesh = train_setup(config)
   batch = random_batch(base, mesh)
   key = jax.random.key(1)
   print(f"train step: batch {base.train.batch_size}, "

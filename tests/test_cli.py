@@ -178,6 +178,15 @@ def test_benchmark_knows_each_chips_bf16_peak():
   assert benchmark.nominal_peak("cpu") is None
 
 
+def test_benchmark_peak_lookup_does_not_depend_on_the_tables_order(
+    monkeypatch):
+  from bidigen import benchmark
+  monkeypatch.setattr(benchmark, "BF16_PEAK",
+                      {"TPU v5": 459.0, "TPU v5 lite": 197.0})
+  assert benchmark.nominal_peak("TPU v5 lite") == 197.0
+  assert benchmark.nominal_peak("TPU v5") == 459.0
+
+
 def test_benchmark_counts_matmul_flops_from_the_jaxpr():
   """The MFU numerator: 2 FLOPs per multiply-add of each dot and
   convolution, a scan's body once per step, a cond's costlier branch, and

@@ -236,6 +236,33 @@ def test_attention_kernel_is_cudnn_only_where_it_applies():
     pick("flash", "gpu", jnp.bfloat16, 64)
 
 
+def test_unet_fuses_only_unmasked_attention_on_a_gpu(tiny_config,
+                                                    monkeypatch):
+  """What the UNet asks jax.nn.dot_product_attention for, traced as on a
+  GPU: in bf16, cuDNN for spatial self-attention and XLA for every call
+  with a bias or mask (temporal attention's relative bias, the text mask);
+  in float32, XLA for all."""
+  from bidigen.models import blocks
+  real, seen = jax.nn.dot_product_attention, []
+
+  def record(q, k, v, bias=None, mask=None, implementation=None):
+    seen.append((implementation, bias is not None or mask is not None))
+    return real(q, k, v, bias=bias, mask=mask, implementation="xla")
+  monkeypatch.setattr(blocks.jax.nn, "dot_product_attention", record)
+  monkeypatch.setattr(blocks.jax, "default_backend", lambda: "gpu")
+  b, t = 1, 5
+  args = (jnp.zeros((b, t, 8, 8, 32)), jnp.zeros((b, t)),
+          jnp.zeros((b, 8, 8, 32)), jnp.zeros((b, t), jnp.int32),
+          jnp.zeros((b, t)), jnp.zeros((b, 6, 16)), jnp.ones((b, 6)))
+  for dtype, fused in (("bfloat16", "cudnn"), ("float32", "xla")):
+    seen.clear()
+    cfg = tiny_config.model.copy_and_resolve_references()
+    cfg.dtype = dtype
+    jax.eval_shape(models.build(cfg).init, jax.random.key(0), *args)
+    assert {impl for impl, masked in seen if masked} == {"xla"}, dtype
+    assert {impl for impl, masked in seen if not masked} == {fused}, dtype
+
+
 def test_bfloat16_and_remat_keep_the_parameters_and_the_numbers(tiny_config):
   """Mixed precision: float32 parameters, bfloat16 activations within a few
   percent of float32's output. Rematerialisation (blocks, dots): the same
