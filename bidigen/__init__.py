@@ -3,6 +3,7 @@
 import importlib.metadata
 import importlib.util
 import os
+import sys
 
 # XLA:CPU hands convolutions to YNNPACK by default, which runs their filter
 # gradients as convolutions with a whole feature map as the window (27 % of
@@ -32,6 +33,45 @@ def _set_cpu_convolutions():
 
 
 _set_cpu_convolutions()
+
+
+# glibc's malloc gives every block above 32 MiB back to the OS when it is
+# freed, and XLA:CPU allocates a program's temporaries as one block per call
+# (1.17 GB for the default train step): each step page-faults all of it in
+# again, 295k faults and a fifth of the CPU's time in the kernel (README,
+# Benchmarks). tcmalloc keeps freed memory for the next call, so the entry
+# points (python -m bidigen.main / .benchmark / .gui) run themselves again
+# with it preloaded where it is installed (Debian: libtcmalloc-minimal4,
+# which ``make install`` adds as root). BIDIGEN_MALLOC=system turns it off.
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+            "/usr/lib64/libtcmalloc_minimal.so.4",
+            "/usr/lib/libtcmalloc_minimal.so.4")
+
+
+def tcmalloc_path() -> str | None:
+  """The first installed ``TCMALLOC``, or None."""
+  return next((p for p in TCMALLOC if os.path.exists(p)), None)
+
+
+def preload_tcmalloc():
+  """Runs this process again (``os.execv``: the same interpreter, options,
+  arguments and environment) with tcmalloc in ``LD_PRELOAD``, which the
+  loader reads only when a process starts. Does nothing off Linux, under
+  ``BIDIGEN_MALLOC=system``, where tcmalloc is not installed, or where
+  ``LD_PRELOAD`` already names it (the run again included). Call it first
+  in an entry point's ``__main__``, before jax starts a backend."""
+  if (sys.platform != "linux" or "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+      or os.environ.get("BIDIGEN_MALLOC", "tcmalloc") == "system"):
+    return
+  path = tcmalloc_path()
+  if path is None:
+    return
+  os.environ["LD_PRELOAD"] = " ".join(
+      filter(None, (path, os.environ.get("LD_PRELOAD"))))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, [sys.executable] + sys.orig_argv[1:])
 
 
 def sibling_config(config_file: str, name: str, arg: str | None = None):

@@ -13,8 +13,10 @@ for 9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
 guidance 1 (which skips the unconditional half). On a CPU it then times the
 train step and 17-frame sampling again in two processes, with XLA's own
 default (YNNPACK) convolutions and with bidigen's
-(``bidigen.CPU_CONV_FLAG``, set when bidigen is imported), and prints the
-ratios (``--convolution_run`` is what each of them runs).
+(``bidigen.CPU_CONV_FLAG``, set when bidigen is imported), then in two
+more with glibc's malloc and with tcmalloc (``bidigen.preload_tcmalloc``,
+where it is installed), and prints the ratios (``--convolution_run`` is what
+each of them runs). The header names the allocator this process runs with.
 
 On an accelerator (or with ``--accelerator``) it instead measures the
 chip's bf16 matmul peak and times the real train step of ``--config``
@@ -33,6 +35,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import bidigen  # noqa: E402
+
+if __name__ == "__main__":
+  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -49,7 +56,7 @@ flags.DEFINE_string("checkpoint", None, "Model to sample with; default: the "
                     "embedded one.")
 flags.DEFINE_bool("convolution_run", False, "Only the peak, the train "
                   "step and 17-frame sampling: what each process of the CPU "
-                  "convolution comparison runs.")
+                  "comparisons (convolutions, allocators) runs.")
 flags.DEFINE_bool("accelerator", False, "Run the accelerator section "
                   "(bf16 peak, train-step variants and MFU) even on a CPU; "
                   "on a GPU or TPU it is what runs.")
@@ -344,26 +351,22 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
         f"{old / results[8][0]:.1f}x as fast")
 
 
-def cpu_convolutions(repeats):
-  """The train step and 17-frame sampling with XLA's own default CPU
-  convolutions (YNNPACK) and with bidigen's ``CPU_CONV_FLAG``, each in its
-  own process (XLA reads its flags once per process), each against the
-  matmul peak measured in that process."""
+def cpu_processes(repeats, what: str, settings):
+  """The train step and 17-frame sampling in one process per setting
+  (``(name, environment changes)``: XLA and the loader read theirs once,
+  when a process starts), each against the matmul peak measured in that
+  process; then the first setting's times over the last's."""
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  import bidigen  # pylint: disable=import-outside-toplevel
   times = {}
-  user = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                  if "ynn_fusion_type" not in f)
-  for name, flag in (("XLA's default (YNNPACK)", bidigen.XLA_DEFAULT_CONV_FLAG),
-                     ("bidigen's default", bidigen.CPU_CONV_FLAG)):
+  for name, env in settings:
     out = subprocess.run(
         [sys.executable, "-m", "bidigen.benchmark", "--convolution_run",
          f"--repeats={repeats}",
          f"--config={config_flags.get_config_filename(FLAGS['config'])}"]
         + [f"--checkpoint={FLAGS.checkpoint}"] * bool(FLAGS.checkpoint),
-        env=dict(os.environ, XLA_FLAGS=f"{flag} {user}".strip()),
-        capture_output=True, text=True, check=False)
+        env=dict(os.environ, **env), capture_output=True, text=True,
+        check=False)
     if out.returncode:
       raise RuntimeError(f"the {name} run failed:\n{out.stderr[-3000:]}")
     lines = out.stdout.splitlines()
@@ -371,11 +374,40 @@ def cpu_convolutions(repeats):
     frames = next(l for l in lines if l.startswith("17 frames: "))
     times[name] = (float(step.split(": ")[1].split(" s/step")[0]),
                    float(frames.split()[2]))
-    print(f"  {name} ({flag}):\n    train step: {step.split(': ', 1)[1]}"
+    print(f"  {name}:\n    train step: {step.split(': ', 1)[1]}"
           f"\n    {frames}")
-  old, new = times["XLA's default (YNNPACK)"], times["bidigen's default"]
-  print(f"bidigen's CPU convolutions against XLA's default: the train step "
-        f"{old[0] / new[0]:.2f}x as fast, sampling {old[1] / new[1]:.2f}x")
+  old, new = times[settings[0][0]], times[settings[-1][0]]
+  print(f"{what}: the train step {old[0] / new[0]:.2f}x as fast, sampling "
+        f"{old[1] / new[1]:.2f}x")
+
+
+def cpu_convolutions(repeats):
+  """XLA's own default CPU convolutions (YNNPACK) against bidigen's
+  ``CPU_CONV_FLAG``."""
+  user = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                  if "ynn_fusion_type" not in f)
+  cpu_processes(repeats, "bidigen's CPU convolutions against XLA's default",
+                [(f"{name} ({flag})", {"XLA_FLAGS": f"{flag} {user}".strip()})
+                 for name, flag in (
+                     ("XLA's default (YNNPACK)", bidigen.XLA_DEFAULT_CONV_FLAG),
+                     ("bidigen's default", bidigen.CPU_CONV_FLAG))])
+
+
+def cpu_allocators(repeats):
+  """glibc's malloc against tcmalloc (``bidigen.preload_tcmalloc``), where
+  tcmalloc is installed."""
+  path = bidigen.tcmalloc_path()
+  if path is None:
+    print("allocators: tcmalloc is not installed (Debian: "
+          "libtcmalloc-minimal4), nothing to compare")
+    return
+  user = " ".join(p for p in os.environ.get("LD_PRELOAD", "").split()
+                  if "tcmalloc" not in p)
+  cpu_processes(repeats, "tcmalloc against glibc's malloc", [
+      ("glibc's malloc (BIDIGEN_MALLOC=system)",
+       {"BIDIGEN_MALLOC": "system", "LD_PRELOAD": user}),
+      (f"tcmalloc (LD_PRELOAD={path})",
+       {"BIDIGEN_MALLOC": "tcmalloc", "LD_PRELOAD": user})])
 
 
 def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
@@ -446,7 +478,9 @@ def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  print(f"devices: {jax.devices()}  cores: {os.cpu_count()}")
+  preload = os.environ.get("LD_PRELOAD", "")
+  print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  allocator: "
+        f"{'tcmalloc' if 'tcmalloc' in preload else 'system malloc'}")
   if FLAGS.accelerator or jax.default_backend() != "cpu":
     by_key = {"/".join(v[1:]): v for v in ACCELERATOR_VARIANTS}
     unknown = [k for k in FLAGS.variants if k not in by_key]
@@ -469,6 +503,7 @@ def main(argv):
   sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
   if jax.default_backend() == "cpu":
     cpu_convolutions(FLAGS.repeats)
+    cpu_allocators(FLAGS.repeats)
 
 
 if __name__ == "__main__":

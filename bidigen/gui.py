@@ -32,6 +32,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import bidigen  # noqa: E402
+
+if __name__ == "__main__":
+  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 

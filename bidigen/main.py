@@ -20,6 +20,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import bidigen  # noqa: E402
+
+if __name__ == "__main__":
+  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402

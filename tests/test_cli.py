@@ -166,6 +166,47 @@ def test_importing_bidigen_leaves_cpu_convolutions_to_xla():
     assert ynn == str(want_ynn), flags
 
 
+# A jitted call whose 64 MiB result is freed before the next: the page
+# faults a call costs once the first has run, and whether tcmalloc is mapped.
+_FAULTS = """
+import resource, bidigen
+bidigen.preload_tcmalloc()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: 2 * x + 1)
+x = jnp.ones((2**24,))
+f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  f(x).block_until_ready()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+mapped = any("tcmalloc" in line for line in open("/proc/self/maps"))
+print(mapped, faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+def test_entry_points_keep_xlas_memory_with_tcmalloc():
+  """``preload_tcmalloc`` runs the process again with tcmalloc mapped in,
+  and freed XLA buffers then stay for the next call; glibc's malloc
+  (``BIDIGEN_MALLOC=system``) gives them back, and each call faults its
+  64 MiB (16k pages) in again."""
+  import bidigen  # pylint: disable=import-outside-toplevel
+  if bidigen.tcmalloc_path() is None:
+    pytest.skip("tcmalloc is not installed (make install adds it as root)")
+  runs = {}
+  for malloc in ("system", "tcmalloc"):
+    env = dict(os.environ, BIDIGEN_MALLOC=malloc, JAX_PLATFORMS="cpu",
+               LD_PRELOAD="")
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    mapped, faults = out.stdout.split()
+    runs[malloc] = (mapped == "True", float(faults))
+  assert runs["system"][0] is False and runs["tcmalloc"][0] is True, runs
+  assert runs["system"][1] > 8000, runs  # 16384 pages of 4 KiB a call.
+  assert runs["tcmalloc"][1] < 1000, runs
+
+
 def test_benchmark_knows_each_chips_bf16_peak():
   """MFU divides by the data-sheet peak of the chip jax names; the longest
   matching name wins, so a v5e is not taken for a v5p."""
