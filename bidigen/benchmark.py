@@ -30,6 +30,7 @@ XLA's temporary memory:
 """
 
 import os
+import resource
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -227,17 +228,23 @@ def train_step(config, repeats, peak, old=True):
     pixels.update(sharding.global_batch(mesh, {"video": video}))
     runs.append(("old, encoder in the step",
                  jax.jit(old_step, donate_argnums=0), pixels))
+  faults = 0
   for name, fn, batch in runs:
     def step():
       holder["state"], m = fn(holder["state"], batch, key)
       return m
     results[name] = timed(step, repeats)
+    if not faults:  # One more step: the pages it faults in (allocator).
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      jax.block_until_ready(step())
+      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
   sec = results["from cached latents"]
   print(f"train step from cached latents (batch {b}, {r}px -> latents "
         f"{lat}, window {config.model.window}): {sec:.3f} s/step = "
         f"{1 / sec:.2f} steps/s; {n_flops / 1e9:.1f} GFLOP/step -> "
         f"{n_flops / sec / 1e9:.1f} GFLOP/s = "
-        f"{100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak")
+        f"{100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak; "
+        f"{faults} page faults a step")
   if not old:
     return
   old_sec = results["old, encoder in the step"]
