@@ -38,7 +38,9 @@ browser:
 # them in again (bidigen.preload_tcmalloc; README, Benchmarks).
 malloc:
 	@if $(BIN)/python -c "import bidigen, sys; \
-	  sys.exit(not bidigen.tcmalloc_path())" 2>/dev/null; then :; else $(call apt_get,libtcmalloc-minimal4,for faster CPU steps,glibc's malloc is used); fi
+	  sys.exit(not bidigen.tcmalloc_path())" 2>/dev/null; then :; else \
+	  $(call apt_get,libtcmalloc-minimal4,for faster CPU steps,glibc's \
+	  malloc is used); fi
 
 # Idempotent: reinstalls only when pyproject.toml changes.
 $(STAMP): pyproject.toml

@@ -228,13 +228,13 @@ def train_step(config, repeats, peak, old=True):
     pixels.update(sharding.global_batch(mesh, {"video": video}))
     runs.append(("old, encoder in the step",
                  jax.jit(old_step, donate_argnums=0), pixels))
-  faults = 0
+  faults = None
   for name, fn, batch in runs:
     def step():
       holder["state"], m = fn(holder["state"], batch, key)
       return m
     results[name] = timed(step, repeats)
-    if not faults:  # One more step: the pages it faults in (allocator).
+    if faults is None:  # One more step: the pages it faults in.
       before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       jax.block_until_ready(step())
       faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
