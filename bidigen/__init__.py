@@ -54,6 +54,11 @@ def tcmalloc_path() -> str | None:
   return next((p for p in TCMALLOC if os.path.exists(p)), None)
 
 
+def tcmalloc_preloaded() -> bool:
+  """Whether ``LD_PRELOAD`` names tcmalloc (this process started with it)."""
+  return "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+
+
 def preload_tcmalloc():
   """Runs this process again (``os.execv``: the same interpreter, options,
   arguments and environment) with tcmalloc in ``LD_PRELOAD``, which the
@@ -61,7 +66,7 @@ def preload_tcmalloc():
   ``BIDIGEN_MALLOC=system``, where tcmalloc is not installed, or where
   ``LD_PRELOAD`` already names it (the run again included). Call it first
   in an entry point's ``__main__``, before jax starts a backend."""
-  if (sys.platform != "linux" or "tcmalloc" in os.environ.get("LD_PRELOAD", "")
+  if (sys.platform != "linux" or tcmalloc_preloaded()
       or os.environ.get("BIDIGEN_MALLOC", "tcmalloc") == "system"):
     return
   path = tcmalloc_path()

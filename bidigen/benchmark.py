@@ -485,9 +485,9 @@ def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  preload = os.environ.get("LD_PRELOAD", "")
+  malloc = "tcmalloc" if bidigen.tcmalloc_preloaded() else "system malloc"
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  allocator: "
-        f"{'tcmalloc' if 'tcmalloc' in preload else 'system malloc'}")
+        f"{malloc}")
   if FLAGS.accelerator or jax.default_backend() != "cpu":
     by_key = {"/".join(v[1:]): v for v in ACCELERATOR_VARIANTS}
     unknown = [k for k in FLAGS.variants if k not in by_key]
