@@ -9,12 +9,17 @@ TAEF2 latents: the encoder runs once, before training, not in the step).
    devices stand in for a slice's chips.
 2. XLA's own figures for one diffusion step, compiled (not run) on one CPU
    device at 1 and 2 examples: FLOPs (cost analysis) and temporary bytes
-   (buffer assignment). Their difference is the per-example cost, which on
-   an accelerator is the same arithmetic and, in float32 without
-   rematerialisation, about the same activation bytes.
-3. The estimate per chip for the config's global batch over ``--chips``:
+   (buffer assignment). Their difference is the per-example cost.
+3. What each rematerialisation policy keeps for the backward pass: the
+   residuals of ``jax.vjp`` of the UNet at 1 and 2 examples, traced, not
+   run, with XLA's FLOPs of the lowered step (recomputation included).
+   XLA:CPU's temporaries cannot show this: its buffer assignment came out
+   the same under every policy (4.22 GiB an example for
+   configs/webvid.py), while one H200 halved its temporaries with "dots".
+4. The estimate per chip for the config's global batch over ``--chips``:
      examples/chip b = batch_size / chips
-     memory/chip    = state/fsdp + b * activations/example + fixed temp
+     memory/chip    = state/fsdp + b * kept activations/example (3., the
+                      config's policy) + fixed temporaries (2.)
      step time      = b * FLOPs/example / (peak bf16 FLOP/s * MFU)
    TPUs run float32 matmuls as bf16 passes at default precision, so the bf16
    peak is the ceiling; MFU is an assumption (--mfu), not a measurement.
@@ -24,13 +29,22 @@ TAEF2 latents: the encoder runs once, before training, not in the step).
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ["JAX_PLATFORMS"] = "cpu"
-# The device count must be set before jax starts; read it from argv early.
-_n = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")),
-          "8")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_force_host_platform_device_count={_n}")
+
+
+def virtual_cpu_devices() -> None:
+  """Run on ``--devices`` virtual CPU devices: the count must be set before
+  jax starts, so it is read from argv before absl parses it. Only when run
+  as a program (importing this module changes nothing)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  n = next((a.split("=", 1)[1] for a in sys.argv
+            if a.startswith("--devices=")), "8")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={n}")
+
+
+if __name__ == "__main__":
+  virtual_cpu_devices()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -76,8 +90,9 @@ def per_device(config, axes, text_dim: int) -> dict[str, int]:
           "total": sharding.bytes_per_device(state)}
 
 
-def step_costs(config, batch: int, text_dim: int) -> dict[str, float]:
-  """XLA's FLOPs and temporary bytes of one diffusion step on one device."""
+def lowered_step(config, batch: int, text_dim: int):
+  """The config's train step at ``batch`` examples on one device, lowered
+  from abstract inputs (nothing is allocated)."""
   import jax
   import jax.numpy as jnp
   from bidigen import models, sharding, train
@@ -92,16 +107,26 @@ def step_costs(config, batch: int, text_dim: int) -> dict[str, float]:
   inputs = {"latents": jax.ShapeDtypeStruct((batch, t) + lat, jnp.float32),
             "text": jax.ShapeDtypeStruct((batch, n, text_dim), jnp.float32),
             "text_mask": jax.ShapeDtypeStruct((batch, n), jnp.float32)}
-  lowered = trainer.step.lower(
-      trainer.abstract_state, inputs,
-      jax.eval_shape(lambda: jax.random.key(0)))
+  return trainer.step.lower(trainer.abstract_state, inputs,
+                            jax.eval_shape(lambda: jax.random.key(0)))
+
+
+def step_costs(config, batch: int, text_dim: int) -> dict[str, float]:
+  """XLA's FLOPs and temporary bytes of one diffusion step on one device."""
+  lowered = lowered_step(config, batch, text_dim)
   memory = lowered.compile().memory_analysis()
   return {"flops": float(lowered.cost_analysis()["flops"]),
           "temp": float(memory.temp_size_in_bytes)}
 
 
+def step_flops(config, batch: int, text_dim: int) -> float:
+  """XLA's FLOPs of one diffusion step, lowered but not compiled."""
+  return float(lowered_step(config, batch, text_dim).cost_analysis()["flops"])
+
+
 def main(argv) -> None:
   del argv
+  from bidigen import train
   config = FLAGS.config
   n, f = FLAGS.devices, FLAGS.fsdp
   rows = [("replicated", (("data", n), ("fsdp", 1))),
@@ -126,25 +151,31 @@ def main(argv) -> None:
         flush=True)
   one, two = (step_costs(config, b, FLAGS.text_dim) for b in (1, 2))
   flops = two["flops"] - one["flops"]
-  act = two["temp"] - one["temp"]
-  fixed = one["temp"] - act
+  temp = two["temp"] - one["temp"]
+  fixed = one["temp"] - temp
   gib = 2**30
-  print(f"per example ({config.model.get('dtype', 'float32')}, remat "
-        f"{config.model.get('remat', 'none')}): {flops / 1e12:.2f} TFLOP, "
-        f"{act / gib:.2f} GiB of activations; fixed temporaries "
-        f"{fixed / gib:.2f} GiB")
   dtype = config.model.get("dtype", "float32")
-  print(f"\nrematerialisation (config.model.remat), {dtype}, per example:")
-  print(f"{'policy':<8}{'act GiB':>9}{'vs none':>9}{'TFLOP':>8}{'vs none':>9}")
-  base = None
-  for policy in FLAGS.remat:
+  policy = config.model.get("remat", "none")
+  print(f"per example ({dtype}, remat {policy}): {flops / 1e12:.2f} TFLOP; "
+        f"XLA:CPU's temporaries {temp / gib:.2f} GiB an example, fixed "
+        f"{fixed / gib:.2f} GiB")
+  print(f"\nrematerialisation (config.model.remat), {dtype}, per example: "
+        "activations the forward pass keeps for the backward (jax.vjp's "
+        "residuals) and XLA's FLOPs with the recomputation")
+  print(f"{'policy':<8}{'kept GiB':>9}{'vs none':>9}{'TFLOP':>8}"
+        f"{'vs none':>9}")
+  base, kept = None, {}
+  for name in dict.fromkeys(["none"] + FLAGS.remat + [policy]):
     cfg = config.copy_and_resolve_references()
-    cfg.model.remat = policy
-    a, b2 = (step_costs(cfg, b, FLAGS.text_dim) for b in (1, 2))
-    row = (b2["temp"] - a["temp"], b2["flops"] - a["flops"])
+    cfg.model.remat = name
+    a, b2 = (train.kept_activations(cfg, b, FLAGS.text_dim)
+              for b in (1, 2))
+    f1, f2 = (step_flops(cfg, b, FLAGS.text_dim) for b in (1, 2))
+    row = kept[name] = (b2 - a, f2 - f1)
     base = base or row
-    print(f"{policy:<8}{row[0] / gib:>9.3f}{row[0] / base[0]:>9.2f}"
+    print(f"{name:<8}{row[0] / gib:>9.3f}{row[0] / base[0]:>9.2f}"
           f"{row[1] / 1e12:>8.3f}{row[1] / base[1]:>9.2f}", flush=True)
+  act = kept[policy][0]
   batch, chips = config.train.batch_size, FLAGS.chips
   b = batch / chips
   state = totals[1]

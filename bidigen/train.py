@@ -145,6 +145,31 @@ class Trainer:
         out_shardings=(self.state_sharding, rep), donate_argnums=0)
 
 
+def kept_activations(config, batch: int, text_dim: int) -> int:
+  """Bytes the UNet's forward pass keeps for its backward pass on ``batch``
+  windows under the config's ``model.remat``: the residuals ``jax.vjp``
+  closes over, from shapes alone (nothing runs). Parameters the backward
+  needs are among them; the difference between two batch sizes leaves the
+  activations. XLA may fuse some of these away (an elementwise result
+  recomputed inside its consumer's fusion): with "none" one H200's
+  temporaries were 12.6 GiB at 8 examples of configs/webvid.py:runlocal,
+  less than half of this count, with "dots" 6.0 GiB, about this count."""
+  unet = models.build(config.model)
+  w, n = config.model.window, config.model.text.max_length
+  lat = models.latent_shape(config.data.resolution)
+  args = (jnp.zeros((batch, w) + lat), jnp.zeros((batch, w)),
+          jnp.zeros((batch,) + lat), jnp.zeros((batch, w), jnp.int32),
+          jnp.zeros((batch, w)), jnp.zeros((batch, n, text_dim)),
+          jnp.ones((batch, n)))
+
+  def residuals(params, *args):
+    out = lambda p: jnp.sum(unet.apply(p, *args))
+    return jax.tree.leaves(jax.vjp(out, params)[1])
+  params = jax.eval_shape(unet.init, jax.random.key(0), *args)
+  return sum(a.size * a.dtype.itemsize
+             for a in jax.eval_shape(residuals, params, *args))
+
+
 def loss_options(cfg) -> dict:
   """The diffusion loss's options; checkpoints from before a key existed
   get the value that reproduces how they were trained."""
