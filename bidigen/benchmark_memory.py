@@ -30,7 +30,6 @@ import os
 import sys
 
 
-
 def virtual_cpu_devices() -> None:
   """Run on ``--devices`` virtual CPU devices: the count must be set before
   jax starts, so it is read from argv before absl parses it. Only when run

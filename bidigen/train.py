@@ -162,8 +162,8 @@ def kept_activations(config, batch: int, text_dim: int) -> int:
           jnp.zeros((batch, w)), jnp.zeros((batch, n, text_dim)),
           jnp.ones((batch, n)))
 
-  def residuals(params, *args):
-    out = lambda p: jnp.sum(unet.apply(p, *args))
+  def residuals(params, *inputs):
+    out = lambda p: jnp.sum(unet.apply(p, *inputs))
     return jax.tree.leaves(jax.vjp(out, params)[1])
   params = jax.eval_shape(unet.init, jax.random.key(0), *args)
   return sum(a.size * a.dtype.itemsize
