@@ -157,10 +157,10 @@ def kept_activations(config, batch: int, text_dim: int) -> int:
   unet = models.build(config.model)
   w, n = config.model.window, config.model.text.max_length
   lat = models.latent_shape(config.data.resolution)
-  args = (jnp.zeros((batch, w) + lat), jnp.zeros((batch, w)),
-          jnp.zeros((batch,) + lat), jnp.zeros((batch, w), jnp.int32),
-          jnp.zeros((batch, w)), jnp.zeros((batch, n, text_dim)),
-          jnp.ones((batch, n)))
+  shape = lambda *s, dtype=jnp.float32: jax.ShapeDtypeStruct(s, dtype)
+  args = (shape(batch, w, *lat), shape(batch, w), shape(batch, *lat),
+          shape(batch, w, dtype=jnp.int32), shape(batch, w),
+          shape(batch, n, text_dim), shape(batch, n))
 
   def residuals(params, *inputs):
     out = lambda p: jnp.sum(unet.apply(p, *inputs))
