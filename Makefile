@@ -35,10 +35,10 @@ browser:
 
 # tcmalloc, which bidigen's entry points preload on a CPU: glibc's malloc
 # returns XLA's per-call temporaries to the OS, and every step page-faults
-# them in again (bidigen.preload_tcmalloc; README, Benchmarks).
+# them in again (bidigen/process.py).
 malloc: $(STAMP)
-	@if $(BIN)/python -c "import bidigen, sys; \
-	  sys.exit(not bidigen.tcmalloc_path())" 2>/dev/null; then :; else \
+	@if $(BIN)/python -c "import sys; from bidigen import process; \
+	  sys.exit(not process.tcmalloc_path())" 2>/dev/null; then :; else \
 	  $(call apt_get,libtcmalloc-minimal4,for faster CPU steps,glibc's \
 	  malloc is used); fi
 

@@ -13,8 +13,8 @@ for 9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
 guidance 1 (which skips the unconditional half). On a CPU it then times the
 train step and 17-frame sampling again in two processes, with XLA's own
 default (YNNPACK) convolutions and with bidigen's
-(``bidigen.CPU_CONV_FLAG``, set when bidigen is imported), then in two
-more with glibc's malloc and with tcmalloc (``bidigen.preload_tcmalloc``,
+(``process.CPU_CONV_FLAG``, which the entry points set), then in two
+more with glibc's malloc and with tcmalloc (``process.preload_tcmalloc``,
 where it is installed), and prints the ratios (``--convolution_run`` is what
 each of them runs). The header names the allocator this process runs with.
 
@@ -33,13 +33,10 @@ import os
 import resource
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import bidigen  # noqa: E402
+from bidigen import process
 
 if __name__ == "__main__":
-  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+  process.tune()  # Before jax starts; may run this again with tcmalloc.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -208,7 +205,8 @@ def train_step(config, repeats, peak, old=True):
   from bidigen.models import taef2
   config, mesh = train_setup(config)
   trainer = train.Trainer(config, mesh, text_dim=384)
-  b, r, t = config.train.batch_size, config.data.resolution, config.data.num_frames
+  b, r = config.train.batch_size, config.data.resolution
+  t = config.data.num_frames
   cached = random_batch(config, mesh)
   key = jax.random.key(1)
   holder = {"state": trainer.init(jax.random.key(0))}
@@ -396,14 +394,14 @@ def cpu_convolutions(repeats):
   cpu_processes(repeats, "bidigen's CPU convolutions against XLA's default",
                 [(f"{name} ({flag})", {"XLA_FLAGS": f"{flag} {user}".strip()})
                  for name, flag in (
-                     ("XLA's default (YNNPACK)", bidigen.XLA_DEFAULT_CONV_FLAG),
-                     ("bidigen's default", bidigen.CPU_CONV_FLAG))])
+                     ("XLA's default (YNNPACK)", process.XLA_DEFAULT_CONV_FLAG),
+                     ("bidigen's default", process.CPU_CONV_FLAG))])
 
 
 def cpu_allocators(repeats):
-  """glibc's malloc against tcmalloc (``bidigen.preload_tcmalloc``), where
+  """glibc's malloc against tcmalloc (``process.preload_tcmalloc``), where
   tcmalloc is installed."""
-  path = bidigen.tcmalloc_path()
+  path = process.tcmalloc_path()
   if path is None:
     print("allocators: tcmalloc is not installed (Debian: "
           "libtcmalloc-minimal4), nothing to compare")
@@ -485,7 +483,7 @@ def accelerator(config, repeats, budget_s, variants=ACCELERATOR_VARIANTS):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  malloc = "tcmalloc" if bidigen.tcmalloc_preloaded() else "system malloc"
+  malloc = "tcmalloc" if process.tcmalloc_preloaded() else "system malloc"
   print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  allocator: "
         f"{malloc}")
   if FLAGS.accelerator or jax.default_backend() != "cpu":

@@ -29,12 +29,13 @@ TAEF2 latents: the encoder runs once, before training, not in the step).
 import os
 import sys
 
+from bidigen import process
+
 
 def virtual_cpu_devices() -> None:
   """Run on ``--devices`` virtual CPU devices: the count must be set before
   jax starts, so it is read from argv before absl parses it. Only when run
   as a program (importing this module changes nothing)."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ["JAX_PLATFORMS"] = "cpu"
   n = next((a.split("=", 1)[1] for a in sys.argv
             if a.startswith("--devices=")), "8")
@@ -43,6 +44,7 @@ def virtual_cpu_devices() -> None:
 
 
 if __name__ == "__main__":
+  process.tune()  # Before jax starts; may run this again with tcmalloc.
   virtual_cpu_devices()
 
 from absl import app  # noqa: E402

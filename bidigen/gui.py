@@ -28,14 +28,11 @@ import tempfile
 import time
 import warnings
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import bidigen  # noqa: E402
+from bidigen import process
 
 if __name__ == "__main__":
-  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+  os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # No calls home.
+  process.tune()  # Before jax starts; may run this again with tcmalloc.
 
 import numpy as np  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402

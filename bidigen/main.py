@@ -17,13 +17,10 @@ which TPU VMs, Slurm and Open MPI can leave to the environment.
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import bidigen  # noqa: E402
+from bidigen import process
 
 if __name__ == "__main__":
-  bidigen.preload_tcmalloc()  # Runs this again with tcmalloc, if installed.
+  process.tune()  # Before jax starts; may run this again with tcmalloc.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

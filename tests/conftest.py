@@ -17,6 +17,8 @@ import shutil
 import sys
 import tempfile
 
+from bidigen import process
+
 # XLA's CPU thread pools sized for the whole machine in every process: with
 # two pytest workers and the subprocesses they start on 2 cores, those
 # threads wait on each other; one compute thread a process measured 10 %
@@ -26,11 +28,19 @@ ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 
 def xla_flags(devices: int = 1) -> str:
-  """XLA_FLAGS for a test process on ``devices`` virtual CPU devices."""
-  return f"--xla_force_host_platform_device_count={devices} {ONE_THREAD}"
+  """XLA_FLAGS for a test process on ``devices`` virtual CPU devices.
+
+  With the entry points' CPU convolutions (``process.cpu_convolutions``),
+  which importing bidigen does not set: the tests' own processes then
+  compile the same programs as the entry points they start, so one
+  compilation cache serves both.
+  """
+  return process.cpu_convolutions(
+      f"--xla_force_host_platform_device_count={devices} {ONE_THREAD}")
 
 
-os.environ.setdefault("XLA_FLAGS", xla_flags(8))
+os.environ["XLA_FLAGS"] = process.cpu_convolutions(
+    os.environ.get("XLA_FLAGS", xla_flags(8)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tiny programs most tests run spend more time in XLA's optimiser than

@@ -38,8 +38,8 @@ class TemporalTransformer(nn.Module):
         nn.LayerNorm(dtype=self.dtype)(t), bias=bias)
     # Back to frames first before the feed-forward, which is per position
     # and so needs no frame axis: in the attention's frame-minor layout its
-    # weight gradients had XLA:CPU copy [hidden, positions] transposes (a few
-    # percent of the step, README: Benchmarks).
+    # weight gradients had XLA:CPU copy [hidden, positions] transposes, a few
+    # percent of the step.
     x = t.transpose(0, 3, 1, 2, 4).reshape(bt, h, w, c)
     return x + blocks.FeedForward(dtype=self.dtype)(
         nn.LayerNorm(dtype=self.dtype)(x))
