@@ -87,20 +87,35 @@ def flow_loss(x0_hat, x0, flows, known, tau: float = 0.5):
                                   + 1e-8)
 
 
+NOISE_LEVELS = ("uniform", "logit_normal")
+
+
+def noise_level(rng, shape, kind: str = "uniform"):
+  """Training's noise levels t in (0, 1): "uniform", or "logit_normal"
+  (sigmoid of a standard normal, as SD3: more of the middle levels, where
+  a v-prediction model has the most to learn)."""
+  if kind == "uniform":
+    return jax.random.uniform(rng, shape)
+  if kind == "logit_normal":
+    return jax.nn.sigmoid(jax.random.normal(rng, shape))
+  raise ValueError(f"noise levels {kind!r}; known: {', '.join(NOISE_LEVELS)}")
+
+
 def diffusion_loss(apply_fn, params, rng, x0, known, anchor, offsets, text,
-                   text_mask, motion_weight: float = 0.0, flows=None,
-                   flow_weight: float = 0.0):
+                   text_mask, flows=None,
+                   flow_weight: float = 0.0, min_snr: float = 0.0,
+                   noise_levels: str = "uniform"):
   """Mean squared v-error over the unknown frames of each window.
 
-  ``motion_weight`` > 0 up-weights latent pixels that differ from the anchor
-  F0 (moving objects, camera motion): on small clips they are a few percent
-  of the pixels, and without it a model learns to copy F0 long before it
-  learns to move anything. ``flows`` with ``flow_weight`` > 0 adds
-  ``flow_loss`` on the predicted clean frames. Returns (loss, aux).
+  ``flows`` with ``flow_weight`` > 0 adds
+  ``flow_loss`` on the predicted clean frames. ``min_snr`` > 0 weights each
+  example by min(SNR, min_snr) / (SNR + 1), Min-SNR-gamma for v-prediction
+  (Hang et al. 2023): the nearly clean levels, whose v-error is mostly
+  noise, stop dominating the gradient. Returns (loss, aux).
   """
   b, t = known.shape
   k_t, k_eps = jax.random.split(rng)
-  level = jax.random.uniform(k_t, (b, 1))
+  level = noise_level(k_t, (b, 1), noise_levels)
   level = jnp.where(known > 0, 0.0, jnp.broadcast_to(level, (b, t)))
   eps = jax.random.normal(k_eps, x0.shape)
   alpha, sigma = alpha_sigma(level[..., None, None, None])
@@ -109,12 +124,11 @@ def diffusion_loss(apply_fn, params, rng, x0, known, anchor, offsets, text,
   v_target = alpha * eps - sigma * x0
   v = apply_fn(params, z, known, anchor, offsets, level, text, text_mask)
   weight = (1.0 - known)[..., None, None, None]
-  if motion_weight:
-    change = jnp.mean(jnp.abs(x0 - anchor[:, None]), axis=-1, keepdims=True)
-    weight = weight * (1.0 + motion_weight * change / (
-        jnp.mean(change, axis=(2, 3), keepdims=True) + 1e-3))
-  err = jnp.sum(weight * (v - v_target) ** 2) / (
-      jnp.sum(weight * jnp.ones_like(x0)) + 1e-8)
+  count = jnp.sum(weight * jnp.ones_like(x0))
+  if min_snr:
+    snr = (alpha / sigma) ** 2
+    weight = weight * jnp.minimum(snr, min_snr) / (snr + 1.0)
+  err = jnp.sum(weight * (v - v_target) ** 2) / (count + 1e-8)
   aux = {"v_loss": err}
   if flows is not None and flow_weight:
     x0_hat = jnp.where(known[..., None, None, None] > 0, x0,

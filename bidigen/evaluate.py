@@ -53,24 +53,30 @@ def window_tasks(window: int, context: int) -> dict:
   }
 
 
-def complete(params, frames, keys, text, text_mask, null, null_mask, offsets,
-             known, guidance, *, unet, steps, solver="ddim"):
+def complete(params, frames, frame_motion, keys, text, text_mask, null,
+             null_mask, offsets, known, guidance, *, unet, steps,
+             solver="ddim", target="latent"):
   """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1]).
 
   offsets [W] (F0's among them) and known [W] (1 where the frame is given)
   are arguments, not constants: every task's window, whatever frames it
-  knows, runs through one compiled program."""
+  knows, runs through one compiled program. frame_motion [B, W, h, w, 2]:
+  each frame's motion from F0 (used for the known frames of a "motion"
+  model)."""
   b, w = frames.shape[:2]
-  lat = expansion.to_latents(params, frames)
+  i0 = jnp.argmax(offsets == 0)
+  order = jnp.concatenate([i0[None], jnp.arange(w)])  # F0 first.
+  x, anchor = expansion.model_space(params, frames[:, order],
+                                    frame_motion[:, order], target)
+  x = x[:, 1:]
   offs = jnp.broadcast_to(offsets, (b, w))
   kn = jnp.broadcast_to(known.astype(jnp.float32), (b, w))
-  anchor = jnp.take(lat, jnp.argmax(offsets == 0), axis=1)
   out = diffusion.denoise_window(
       unet.apply, params["unet"],
-      expansion.frame_noise(keys, offs, lat.shape[2:]),
-      lat, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
+      expansion.frame_noise(keys, offs, x.shape[2:]),
+      x, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
       guidance=guidance, solver=solver)
-  dec = expansion.to_frames(params, out)
+  dec = expansion.model_frames(params, out, frames[:, i0], anchor, target)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
@@ -134,7 +140,8 @@ class Evaluator:
       raise ValueError(f"a window must contain F0, got offsets {offsets}")
     if self._fn is None:  # One program for every task's windows.
       self._fn = jax.jit(functools.partial(
-          complete, unet=self.gen.unet, steps=self.steps, solver=self.solver))
+          complete, unet=self.gen.unet, steps=self.steps, solver=self.solver,
+          target=self.gen.target))
     task = (np.asarray(offsets, np.int32),
             np.asarray([o in known for o in offsets], np.float32),
             np.float32(self.guidance))
@@ -144,12 +151,17 @@ class Evaluator:
     for i in range(0, len(windows), self.batch):
       n = min(self.batch, len(windows) - i)
       pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch - n, 0)])
-      w = pad(windows[i:i + n]).astype(np.float32) / 127.5 - 1
+      raw = pad(windows[i:i + n])
+      i0 = offsets.index(0)
+      # Known frames' motion from F0, as a user's keyframes get it.
+      mot = self.gen.known_motion(np.concatenate(
+          [raw[:, i0:i0 + 1], raw], axis=1))[:, 1:]
+      w = raw.astype(np.float32) / 127.5 - 1
       p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
       text, mask = enc.encode(p)
       keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
-      out.append(np.asarray(self._fn(self.gen.params, w, keys, text, mask,
-                                     null, null_mask, *task))[:n])
+      out.append(np.asarray(self._fn(self.gen.params, w, mot, keys, text,
+                                     mask, null, null_mask, *task))[:n])
       print(f"  {label}: {i + n}/{len(windows)} windows", flush=True)
     return np.concatenate(out)
 

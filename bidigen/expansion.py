@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bidigen import diffusion
+from bidigen import motion
 from bidigen import sharding
 from bidigen.models import taef2
 
@@ -218,13 +219,32 @@ def to_frames(params, latents):
 
 
 def model_params(unet_params: dict, model_config, autoencoder=None) -> dict:
-  """What ``expand`` takes: the UNet's weights, TAEF2's, and the latent
-  statistics from the model's config."""
+  """What ``generate`` takes: the UNet's weights, TAEF2's, the latent
+  statistics and the target's normalisers from the model's config."""
   from bidigen import checkpoints  # pylint: disable=import-outside-toplevel
   mean, std = checkpoints.latent_stats(model_config)
   return {"unet": unet_params,
           "autoencoder": taef2.load() if autoencoder is None else autoencoder,
-          "latent_mean": mean, "latent_std": std}
+          "latent_mean": mean, "latent_std": std,
+          **motion.scales(model_config)}
+
+
+def model_space(params, images, known_motion, target: str):
+  """Known frames [B, K, R, R, 3] in [-1, 1] (F0 first) and their motion
+  from F0 [B, K, h, w, 2] -> (what the model generates for them, F0's
+  normalised latent, the anchor)."""
+  lats = to_latents(params, images)
+  anchor = lats[:, 0]
+  return motion.to_model(lats, known_motion, anchor, target=target,
+                         residual_rms=params["residual_rms"],
+                         motion_rms=params["motion_rms"]), anchor
+
+
+def model_frames(params, x, f0, anchor, target: str, strength=1.0):
+  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1]."""
+  return motion.pixels(lambda z: to_frames(params, z), x, f0, anchor,
+                       target=target, residual_rms=params["residual_rms"],
+                       motion_rms=params["motion_rms"], strength=strength)
 
 
 def frame_noise(keys, offsets, shape):
@@ -276,114 +296,51 @@ def fill_latents(unet_params, buffer, known, anchor, keys, text, text_mask,
   return carry[0]
 
 
-def generate(params, images, known_pos, known, keys, text, text_mask,
-             null_text, null_mask, windows: Windows, guidance, *, unet,
-             steps: int, use_scan: bool = True, solver: str = "ddim"):
+def generate(params, images, known_motion, known_pos, known, keys, text,
+             text_mask, null_text, null_mask, windows: Windows, guidance,
+             strength=1.0, *, unet, steps: int, use_scan: bool = True,
+             solver: str = "ddim", target: str = "latent"):
   """Frames from the known ones: what every request compiles to.
 
   images [B, K, H, W, 3] in [-1, 1] are the known frames, F0 first (padding
-  repeats F0), at buffer positions known_pos [K]; known [2S + 1] marks
-  them. Returns uint8 frames [B, 2S + 1, H, W, 3], F0 at S, the known
-  frames exactly the images given.
+  repeats F0), at buffer positions known_pos [K], with their motion from F0
+  known_motion [B, K, h, w, 2] (``target`` "motion" only; zeros otherwise);
+  known [2S + 1] marks them. ``strength`` scales the generated motion.
+  Returns uint8 frames [B, 2S + 1, H, W, 3], F0 at S, the known frames
+  exactly the images given.
   """
   b, k = images.shape[:2]
-  lats = to_latents(params, images)
-  anchor = lats[:, 0]
-  buffer = jnp.zeros((b, known.shape[0]) + lats.shape[2:], lats.dtype)
-  buffer = buffer.at[:, known_pos].set(lats)
+  xs, anchor = model_space(params, images, known_motion, target)
+  buffer = jnp.zeros((b, known.shape[0]) + xs.shape[2:], xs.dtype)
+  buffer = buffer.at[:, known_pos].set(xs)
   buffer = fill_latents(params["unet"], buffer, known, anchor, keys, text,
                         text_mask, null_text, null_mask, windows, guidance,
                         unet=unet, steps=steps, use_scan=use_scan,
                         solver=solver)
-  frames = to_frames(params, buffer).at[:, known_pos].set(images)
+  frames = model_frames(params, buffer, images[:, 0], anchor, target,
+                        strength).at[:, known_pos].set(images)
   return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
 
-def expand(params, images, keys, text, text_mask, null_text, null_mask, *,
-           unet, window: int, context: int, frames_before: int,
-           frames_after: int, steps: int, guidance: float,
-           use_scan: bool = True, solver: str = "ddim"):
-  """Generates frames F-N..F+M around each image (F0 only known).
-
-  Args: images [B, H, W, 3] in [-1, 1]; keys [B] (one PRNG key per sample);
-  text/text_mask the prompt's tokens [B, L, D] / [B, L]; null_* the empty
-  prompt's, for guidance. Returns uint8 frames [B, N + 1 + M, H, W, 3] whose
-  F0 is the input image itself.
-  """
-  windows, side, _ = plan_windows((0,), frames_before, frames_after, window,
-                                  context)
-  frames = generate(params, images[:, None], jnp.array([side]),
-                    jnp.zeros(2 * side + 1).at[side].set(1.0), keys, text,
-                    text_mask, null_text, null_mask, windows, guidance,
-                    unet=unet, steps=steps, use_scan=use_scan, solver=solver)
-  return frames[:, side - frames_before:side + frames_after + 1]
-
-
-def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
-                   null_mask, *, unet, window: int, context: int,
-                   frames_before: int, frames_after: int, steps: int,
-                   guidance: float, use_scan: bool = True,
-                   solver: str = "ddim", keyframes=None, loop: bool = False):
-  """The expansion itself, in normalised latent space: anchor [B, h, w, c]
-  is F0's latent, keyframes {offset: latents [B, h, w, c]} any others;
-  returns latents [B, N + 1 + M, h, w, c]. Kept apart from the autoencoder
-  so that it can be checked against a model whose answer is known."""
-  keyframes = keyframes or {}
-  windows, side, _ = plan_windows((0, *keyframes), frames_before,
-                                  frames_after, window, context, loop=loop)
-  buffer = jnp.zeros((anchor.shape[0], 2 * side + 1) + anchor.shape[1:])
-  known = jnp.zeros(2 * side + 1)
-  for o, lat in {0: anchor, **keyframes}.items():
-    buffer, known = buffer.at[:, side + o].set(lat), known.at[side + o].set(1)
-  buffer = fill_latents(unet_params, buffer, known, anchor, keys, text,
-                        text_mask, null_text, null_mask, windows, guidance,
-                        unet=unet, steps=steps, use_scan=use_scan,
-                        solver=solver)
-  return buffer[:, side - frames_before:side + frames_after + 1]
-
-
 def make_program(mesh, *, unet, batch: int, steps: int, solver: str = "ddim",
-                 use_scan: bool = True):
+                 use_scan: bool = True, target: str = "latent"):
   """``generate`` jitted once: samples split over the mesh when they
-  divide evenly, everything else replicated. The plan, the known frames and
-  the guidance scale are arguments, so requests whose arrays have the same
-  shapes (length bucket, window pairs, known-frame count) share one
-  compiled program."""
+  divide evenly, everything else replicated. The plan, the known frames,
+  the guidance scale and the motion strength are arguments, so requests
+  whose arrays have the same shapes (length bucket, window pairs,
+  known-frame count) share one compiled program."""
   rep = sharding.replicated(mesh)
   data = (sharding.batch_sharding(mesh) if batch % mesh.devices.size == 0
           else rep)
 
-  def fn(params, images, known_pos, known, keys, text, text_mask, null_text,
-         null_mask, windows, g):
-    return generate(params, images, known_pos, known, keys, text, text_mask,
-                    null_text, null_mask, windows, g, unet=unet, steps=steps,
-                    use_scan=use_scan, solver=solver)
-  return jax.jit(fn, in_shardings=(rep, data, rep, rep) + (data,) * 5
-                 + (rep, rep), out_shardings=data)
-
-
-def make_sampler(mesh, *, unet, batch: int, guidance: float, window: int,
-                 context: int, frames_before: int, frames_after: int,
-                 steps: int, solver: str = "ddim", use_scan: bool = True):
-  """``expand`` for one length, compiled once. The guidance scale is an
-  argument of the compiled program, not a constant in it:
-  ``sampler(..., guidance=g)`` changes it without compiling again
-  (``guidance`` here is the default)."""
-  program = make_program(mesh, unet=unet, batch=batch, steps=steps,
-                         solver=solver, use_scan=use_scan)
-  windows, side, _ = plan_windows((0,), frames_before, frames_after, window,
-                                  context)
-  known = np.zeros(2 * side + 1, np.float32)
-  known[side] = 1
-
-  def sampler(params, images, keys, text, text_mask, null_text, null_mask,
-              guidance=guidance):
-    frames = program(params, images[:, None], np.array([side]), known, keys,
-                     text, text_mask, null_text, null_mask, windows,
-                     np.float32(guidance))
-    return frames[:, side - frames_before:side + frames_after + 1]
-  sampler._cache_size = program._cache_size  # For the compile-count tests.
-  return sampler
+  def fn(params, images, known_motion, known_pos, known, keys, text,
+         text_mask, null_text, null_mask, windows, g, strength):
+    return generate(params, images, known_motion, known_pos, known, keys,
+                    text, text_mask, null_text, null_mask, windows, g,
+                    strength, unet=unet, steps=steps, use_scan=use_scan,
+                    solver=solver, target=target)
+  return jax.jit(fn, in_shardings=(rep, data, data, rep, rep) + (data,) * 5
+                 + (rep, rep, rep), out_shardings=data)
 
 
 def sample_keys(seed: int, batch: int):

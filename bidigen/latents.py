@@ -5,14 +5,24 @@ caption through the text encoder, once, and writes them next to the data:
 
   {cache}/train.array_record   one record per clip, the bytes of an .npz of
                                latents float16 [T, h, w, 32] (TAEF2's raw
-                               output), text float16 [L, D], text_mask
-                               uint8 [L] and, when the config trains with
+                               output); motion float16 [T, h, w, 2], where
+                               each latent cell of a frame comes from in
+                               the centre frame F0 (OpenCV DIS, latent
+                               cells; bidigen.motion); text float16 [L, D]
+                               and text_mask uint8 [L] of the caption, and
+                               of the caption with its direction words
+                               swapped for the clip mirrored left-right
+                               (text_mirrored) and played backwards
+                               (text_reversed); when the config trains with
                                the flow loss, flows float16 [T-1, h, w, 2]
   {cache}/null_text.npz        the empty prompt's embedding and mask (what a
                                caption dropped for guidance becomes)
   {cache}/meta.json            shapes, counts, the text encoder, the
                                per-channel latent mean/std the model
-                               normalises with, and what encoding cost
+                               normalises with, the root mean squares of
+                               the differences it generates (from F0,
+                               from F0 moved, the motion), and what
+                               encoding cost
 
 Training then reads latents and embeddings, and runs neither encoder: this
 module's reading half needs only grain, array_record and numpy (no
@@ -22,6 +32,7 @@ TensorFlow, no transformers), which is all an accelerator machine may have.
 import io
 import json
 import os
+import re
 import shutil
 import time
 
@@ -33,7 +44,42 @@ from bidigen.data import pipeline
 META = "meta.json"
 NULL_TEXT = "null_text.npz"
 RECORDS = "train.array_record"
-FORMAT = 1
+FORMAT = 2
+
+# Direction words a caption swaps when its clip is mirrored left-right, and
+# (with the rest) when it plays backwards: free data that teaches direction,
+# which a sentence embedding barely separates ("pans to the left" and "...
+# right" have cosine 0.98 under MiniLM).
+MIRRORED = (("left", "right"), ("clockwise", "anticlockwise"),
+            ("counterclockwise", "clockwise"), ("leftward", "rightward"),
+            ("leftwards", "rightwards"))
+REVERSED = MIRRORED + (("up", "down"), ("zooms in", "zooms out"),
+                       ("zooming in", "zooming out"), ("zoom in", "zoom out"),
+                       ("pushes in", "pulls out"), ("push in", "pull out"),
+                       ("upward", "downward"),
+                       ("upwards", "downwards"), ("rises", "falls"),
+                       ("rising", "falling"), ("towards", "away from"),
+                       ("toward", "away from"), ("enters", "leaves"),
+                       ("opens", "closes"), ("forward", "backward"),
+                       ("forwards", "backwards"))
+
+
+def swap_words(caption: str, pairs) -> str:
+  """``caption`` with each word of ``pairs`` replaced by its partner (both
+  ways, whole words, the first letter's case kept)."""
+  table = {}
+  for a, b in pairs:
+    table.setdefault(a, b)
+    table.setdefault(b, a)
+  words = sorted(table, key=len, reverse=True)
+  pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b",
+                       re.IGNORECASE)
+
+  def swap(match):
+    word = match.group(0)
+    out = table[word.lower()]
+    return out[0].upper() + out[1:] if word[0].isupper() else out
+  return pattern.sub(swap, caption)
 
 
 def cache_dir(data_config) -> str:
@@ -138,12 +184,7 @@ class _Decode(grain.transforms.Map):
 
   def map(self, element: bytes) -> dict[str, np.ndarray]:
     ex = from_bytes(element)
-    out = {"latents": ex["latents"].astype(np.float32),
-           "text": ex["text"].astype(np.float32),
-           "text_mask": ex["text_mask"].astype(np.float32)}
-    if "flows" in ex:
-      out["flows"] = ex["flows"].astype(np.float32)
-    return out
+    return {k: v.astype(np.float32) for k, v in ex.items()}
 
 
 def make_loader(path: str, **kwargs) -> grain.DataLoader:
@@ -220,6 +261,7 @@ def encode_one(config, *, overwrite: bool = False,
   ``config.data.encode_clips`` (0: all) encodes only the first clips.
   """
   import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from bidigen import data as data_lib  # TFDS: only here, not in training.
   from bidigen import text as text_lib
@@ -250,13 +292,22 @@ def encode_one(config, *, overwrite: bool = False,
   encoder = text_lib.load_text_encoder(text_cfg.kind, text_cfg.path,
                                        text_cfg.max_length)
   ae = taef2.load()
+  from bidigen import metrics  # OpenCV's DIS flow, on the host.
+  from bidigen import motion as motion_lib
   flows = float(config.train.get("flow_weight", 0.0)) > 0
-  if flows:
-    from bidigen import metrics  # OpenCV's DIS flow, on the host.
 
   @jax.jit
   def to_latents(video):  # uint8 [B, T, R, R, 3] -> float [B, T, h, w, 32]
     return taef2.encode(ae, video.astype(np.float32) / 255.0)
+
+  @jax.jit
+  def differences(lat, m):
+    """Squared differences per channel from F0 and from F0 moved, summed
+    over clips, frames and cells, and the squared motion summed."""
+    z0 = lat[:, lat.shape[1] // 2][:, None]
+    total = lambda a: jnp.sum(a**2, axis=(0, 1, 2, 3))
+    return (total(lat - z0), total(lat - motion_lib.warp(z0, m)),
+            jnp.sum(m**2))
 
   tmp = f"{path}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
@@ -264,6 +315,9 @@ def encode_one(config, *, overwrite: bool = False,
   writer = array_record_module.ArrayRecordWriter(
       os.path.join(tmp, RECORDS), "group_size:1")
   stats = Stats(taef2.LATENT_CHANNELS)
+  sq = [np.zeros(taef2.LATENT_CHANNELS), np.zeros(taef2.LATENT_CHANNELS),
+        np.zeros(())]  # Arrays: summed in place below.
+  cells = 0  # Latent cells of the frames other than F0.
   t0 = time.time()
   encode_seconds = 0.0
   record_bytes = 0
@@ -278,13 +332,25 @@ def encode_one(config, *, overwrite: bool = False,
       encode_seconds += time.time() - t
       captions = [c.decode() if isinstance(c, bytes) else str(c)
                   for c in (e["caption"] for e in exs)]
-      emb, mask = encoder.encode(captions)
+      texts = {"": encoder.encode(captions),
+               "_mirrored": encoder.encode(
+                   [swap_words(c, MIRRORED) for c in captions]),
+               "_reversed": encoder.encode(
+                   [swap_words(c, REVERSED) for c in captions])}
       fl = metrics.clip_flows(video, taef2.FACTOR) if flows else None
+      centre = video.shape[1] // 2
+      mot = np.stack([metrics.motion_from(v, v[centre], taef2.FACTOR)
+                      for v in video])
+      for acc, part in zip(sq, differences(lat, mot)):
+        acc += np.asarray(part, np.float64)
+      cells += n * (video.shape[1] - 1) * lat.shape[2] * lat.shape[3]
       for k in range(n):
         stats.add(lat[k])
         arrays = {"latents": lat[k].astype(np.float16),
-                  "text": emb[k].astype(np.float16),
-                  "text_mask": mask[k].astype(np.uint8)}
+                  "motion": mot[k].astype(np.float16)}
+        for suffix, (emb, mask) in texts.items():
+          arrays["text" + suffix] = emb[k].astype(np.float16)
+          arrays["text_mask" + suffix] = mask[k].astype(np.uint8)
         if flows:
           arrays["flows"] = fl[k].astype(np.float16)
         data = to_bytes(arrays)
@@ -307,6 +373,11 @@ def encode_one(config, *, overwrite: bool = False,
       "text_max_length": text_cfg.max_length,
       "text_dim": encoder.dim, "flows": flows,
       "latent_mean": mean, "latent_std": std,
+      # Root mean squares (raw latent units; motion in latent cells) of
+      # what the "residual" and "motion" targets generate (bidigen.motion).
+      "delta_rms": np.sqrt(sq[0] / cells).tolist(),
+      "correction_rms": np.sqrt(sq[1] / cells).tolist(),
+      "motion_rms": float(np.sqrt(sq[2] / (2 * cells))),
       "seconds": round(seconds, 2),
       "encoder_seconds": round(encode_seconds, 2),
       "bytes_per_clip": record_bytes // max(count, 1),

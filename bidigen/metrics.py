@@ -67,6 +67,19 @@ def clip_flows(video: np.ndarray, factor: int = 1) -> np.ndarray:
   return (out.mean(axis=(3, 5)) / factor).astype(np.float32)
 
 
+def motion_from(frames: np.ndarray, ref: np.ndarray,
+                factor: int = 1) -> np.ndarray:
+  """Where each pixel of frames [T, H, W, 3] comes from in ``ref``
+  (frame(p) ~ ref(p + m(p))): [T, H/f, W/f, 2], area averaged and scaled
+  to a grid ``factor`` times coarser (the latents'). A frame equal to
+  ``ref`` gets exactly zero: the label of "nothing moved"."""
+  t, h, w, _ = frames.shape
+  out = np.stack([np.zeros((h, w, 2), np.float32) if np.array_equal(f, ref)
+                  else flow(f, ref) for f in frames])
+  out = out.reshape(t, h // factor, factor, w // factor, factor, 2)
+  return (out.mean(axis=(2, 4)) / factor).astype(np.float32)
+
+
 def warp(frame: np.ndarray, fl: np.ndarray) -> np.ndarray:
   """Samples ``frame`` at p + fl(p): warps frame b back onto a when fl is
   the flow a -> b."""

@@ -21,6 +21,9 @@ MAX_FRAMES_PER_SIDE = 1024
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**31 - 1
+# Beyond twice the model's own motion, frames tear: F0 moved that far has
+# little left to show.
+MAX_MOTION_STRENGTH = 2.0
 
 
 def check_settings(frames_before: int, frames_after: int,
@@ -63,18 +66,35 @@ class Generator:
     self.encoder = text.load_text_encoder(mt.kind, mt.path, mt.max_length)
     self.params = jax.device_put(self.params,
                                  sharding.replicated(self.mesh))
+    self.target = self.config.model.get("target", "latent")
     self._compiled = {}
+
+  def known_motion(self, frames: np.ndarray) -> np.ndarray:
+    """uint8 known frames [B, K, R, R, 3], F0 first -> their motion from F0
+    [B, K, h, w, 2], as the encode step labels training clips (OpenCV DIS,
+    in latent cells); zeros where the model generates no motion."""
+    from bidigen import metrics  # pylint: disable=import-outside-toplevel
+    from bidigen.models import taef2  # pylint: disable=import-outside-toplevel
+    b, k, r = frames.shape[:3]
+    h = r // taef2.FACTOR
+    if self.target != "motion":
+      return np.zeros((b, k, h, h, 2), np.float32)
+    return np.stack([metrics.motion_from(f, f[0], taef2.FACTOR)
+                     for f in frames])
 
   def __call__(self, images: np.ndarray, prompts, *, frames_before: int,
                frames_after: int, seed: int = 0, steps: int | None = None,
                guidance: float | None = None, keys=None,
                solver: str | None = None, keyframes=None,
-               loop: bool = False) -> np.ndarray:
+               loop: bool = False, motion_strength: float = 1.0
+               ) -> np.ndarray:
     """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3].
 
     ``keyframes`` {offset: uint8 [B, R, R, 3] or [R, R, 3]}: frames known
     besides F0 (a user's keyframes, or a video's frames to extend); each
     appears exactly at its offset. ``loop``: F+M leads back into F-N.
+    ``motion_strength`` scales the motion a "motion" model generates (0
+    keeps F0 in place; 1, the default, is the model's own).
     """
     steps = self.config.sample.steps if steps is None else steps
     # An unknown solver is refused by diffusion.denoise_window, naming
@@ -83,6 +103,10 @@ class Generator:
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
     check_settings(frames_before, frames_after, steps, guidance, seed)
+    if not (isinstance(motion_strength, (int, float, np.number))
+            and 0 <= motion_strength <= MAX_MOTION_STRENGTH):
+      raise ValueError(f"motion_strength must be in [0, "
+                       f"{MAX_MOTION_STRENGTH:g}], got {motion_strength!r}")
     r = self.resolution
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (r, r, 3):
@@ -116,14 +140,17 @@ class Generator:
     key = (steps, b, solver)
     if key not in self._compiled:
       self._compiled[key] = expansion.make_program(
-          self.mesh, unet=self.unet, batch=b, steps=steps, solver=solver)
+          self.mesh, unet=self.unet, batch=b, steps=steps, solver=solver,
+          target=self.target)
     text, tmask = self.encoder.encode(list(prompts))
     null, null_mask = self.encoder.encode([""] * b)
     keys = expansion.sample_keys(seed, b) if keys is None else keys
-    x = np.stack(known, 1).astype(np.float32) / 127.5 - 1.0
+    frames_in = np.stack(known, 1)
+    x = frames_in.astype(np.float32) / 127.5 - 1.0
     frames = np.asarray(self._compiled[key](
-        self.params, x, pos, mask, keys, text, tmask, null, null_mask,
-        windows, np.float32(guidance)))
+        self.params, x, self.known_motion(frames_in), pos, mask, keys, text,
+        tmask, null, null_mask, windows, np.float32(guidance),
+        np.float32(motion_strength)))
     return frames[:, side - frames_before:side + frames_after + 1]
 
 

@@ -32,6 +32,7 @@ from bidigen import checkpoints
 from bidigen import diffusion
 from bidigen import latents as latents_lib
 from bidigen import models
+from bidigen import motion
 from bidigen import sharding
 
 
@@ -43,20 +44,36 @@ class TrainState:
   ema: dict           # EMA of the params: what sampling uses.
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
-  """AdamW, warmup then cosine decay to 5% over the run, clipped."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
-      max(cfg.num_steps, 2), end_value=cfg.learning_rate * 0.05)
+  """AdamW after a linear warm-up, clipped. ``cfg.schedule``: "constant"
+  (a run that goes on across many sessions: a decay would end it) or
+  "cosine" (decay to 5% at ``num_steps``)."""
+  warmup = min(cfg.warmup_steps, max(cfg.num_steps - 1, 1))
+  if cfg.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(cfg.learning_rate)], [max(warmup, 1)])
+  elif cfg.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup, max(cfg.num_steps, 2),
+        end_value=cfg.learning_rate * 0.05)
+  else:
+    raise ValueError(f"config.train.schedule={cfg.schedule!r}; known: "
+                     f"{', '.join(SCHEDULES)}")
   return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
                      optax.adamw(schedule, b2=0.99,
                                  weight_decay=cfg.weight_decay))
 
 
-def init_state(rng, *, unet, tx, latent_shape, window, text_shape):
+def init_state(rng, *, unet, tx, latent_shape, window, text_shape,
+               target="latent"):
   b = 1
+  x_shape = latent_shape[:2] + (motion.channels(target, latent_shape[2]),)
   params = unet.init(
-      rng, jnp.zeros((b, window) + latent_shape), jnp.zeros((b, window)),
+      rng, jnp.zeros((b, window) + x_shape), jnp.zeros((b, window)),
       jnp.zeros((b,) + latent_shape), jnp.zeros((b, window), jnp.int32),
       jnp.zeros((b, window)), jnp.zeros((b,) + text_shape),
       jnp.ones((b, text_shape[0])))
@@ -64,24 +81,61 @@ def init_state(rng, *, unet, tx, latent_shape, window, text_shape):
                     opt_state=tx.init(params), ema=params)
 
 
+def augment(batch: dict, rng, *, mirror_prob: float, reverse_prob: float):
+  """Clips mirrored left-right and played backwards, each with its caption's
+  direction words swapped (encoded with the cache): the same scenes moving
+  the other way, so that direction words must be read. F0, the centre
+  frame, stays F0. Latents are mirrored in latent space (TAEF2's encoder is
+  near mirror-symmetric: README's model card has the figure)."""
+  b = batch["latents"].shape[0]
+  k_m, k_r = jax.random.split(rng)
+  out = dict(batch)
+  for prob, key, suffix in ((mirror_prob, k_m, "_mirrored"),
+                            (reverse_prob, k_r, "_reversed")):
+    if not prob or "text" + suffix not in batch:
+      continue
+    flag = jax.random.bernoulli(key, prob, (b,))
+    pick = lambda new, old: jnp.where(
+        flag.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
+    lat, mot = out["latents"], out["motion"]
+    if suffix == "_mirrored":
+      new_lat = lat[:, :, :, ::-1]
+      new_mot = mot[:, :, :, ::-1] * jnp.array([-1.0, 1.0])
+    else:
+      new_lat, new_mot = lat[:, ::-1], mot[:, ::-1]
+      if "flows" in out:  # t -> t+1 played backwards is -(t+1 -> t).
+        out["flows"] = pick(-out["flows"][:, ::-1], out["flows"])
+    out["latents"], out["motion"] = pick(new_lat, lat), pick(new_mot, mot)
+    out["text"] = pick(batch["text" + suffix], out["text"])
+    out["text_mask"] = pick(batch["text_mask" + suffix], out["text_mask"])
+  return out
+
+
 def train_step(state, batch, rng, *, unet, tx, window, max_context,
-               ema_decay, latent_mean, latent_std,
-               task_probs=diffusion.TASK_PROBS, motion_weight=0.0,
-               flow_weight=0.0):
+               ema_decay, latent_mean, latent_std, residual_rms=1.0,
+               motion_rms=1.0, target="latent",
+               task_probs=diffusion.TASK_PROBS, flow_weight=0.0, min_snr=0.0, noise_levels="uniform",
+               mirror_prob=0.0, reverse_prob=0.0):
   """One UNet update on random windows with the masks sampling uses.
 
   ``batch["latents"]`` holds TAEF2's raw latents [B, T, h, w, c] of whole
-  clips; the clip's centre frame is F0, every window's anchor.
+  clips and ``batch["motion"]`` their motion from the centre frame, F0,
+  every window's anchor; the model learns what ``target`` says
+  (bidigen.motion).
   """
+  k_aug, k_win, k_loss = jax.random.split(rng, 3)
+  batch = augment(batch, k_aug, mirror_prob=mirror_prob,
+                  reverse_prob=reverse_prob)
   lat = (batch["latents"] - latent_mean) / latent_std
   b, t = lat.shape[:2]
-  k_win, k_loss = jax.random.split(rng)
+  anchor = lat[:, t // 2]
+  x = motion.to_model(lat, batch.get("motion"), anchor, target=target,
+                      residual_rms=residual_rms, motion_rms=motion_rms)
   start, known, _ = diffusion.sample_windows(k_win, t, window, max_context, b,
                                              task_probs)
   cut = lambda a, n: jax.vmap(
       lambda v, s: jax.lax.dynamic_slice_in_dim(v, s, n, axis=0))(a, start)
-  x0 = cut(lat, window)
-  anchor = lat[:, t // 2]
+  x0 = cut(x, window)
   offsets = start[:, None] + jnp.arange(window)[None] - t // 2
   # Flow t -> t+1 of the clip at latent resolution, when encoded with it.
   flows = cut(batch["flows"], window - 1) if "flows" in batch else None
@@ -89,7 +143,8 @@ def train_step(state, batch, rng, *, unet, tx, window, max_context,
   def loss_fn(params):
     return diffusion.diffusion_loss(
         unet.apply, params, k_loss, x0, known, anchor, offsets,
-        batch["text"], batch["text_mask"], motion_weight, flows, flow_weight)
+        batch["text"], batch["text_mask"], flows, flow_weight,
+        min_snr=min_snr, noise_levels=noise_levels)
 
   # With config.model.dtype=bfloat16 the activations are bf16 but params,
   # grads and the loss are float32: bf16 has float32's exponent range, so
@@ -119,11 +174,12 @@ class Trainer:
     self.unet = models.build(config.model)
     self.tx = make_optimizer(cfg)
     mean, std = checkpoints.latent_stats(config.model)
+    target = config.model.target
     init = functools.partial(
         init_state, unet=self.unet, tx=self.tx,
         latent_shape=models.latent_shape(config.data.resolution),
         window=config.model.window,
-        text_shape=(config.model.text.max_length, text_dim))
+        text_shape=(config.model.text.max_length, text_dim), target=target)
     # Parameters carry logical axis names only until their shardings are
     # known; the state itself holds plain arrays.
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -139,7 +195,8 @@ class Trainer:
     self.step_fn = functools.partial(
         train_step, unet=self.unet, tx=self.tx, window=config.model.window,
         max_context=config.model.context_frames, ema_decay=cfg.ema_decay,
-        latent_mean=mean, latent_std=std, **loss_options(cfg))
+        latent_mean=mean, latent_std=std, target=target,
+        **motion.scales(config.model), **loss_options(cfg))
     self.step = jax.jit(
         self.step_fn, in_shardings=(self.state_sharding, data, rep),
         out_shardings=(self.state_sharding, rep), donate_argnums=0)
@@ -171,14 +228,12 @@ def kept_activations(config, batch: int, text_dim: int) -> int:
 
 
 def loss_options(cfg) -> dict:
-  """The diffusion loss's options; checkpoints from before a key existed
-  get the value that reproduces how they were trained."""
-  probs = tuple(cfg.get("task_probs", diffusion.TASK_PROBS))
-  if len(probs) == 4:  # Saved before "keyframes" and "bridge" existed.
-    probs += (0.0,) * (len(diffusion.TASKS) - 4)
-  return {"task_probs": probs,
-          "motion_weight": float(cfg.get("motion_weight", 0.0)),
-          "flow_weight": float(cfg.get("flow_weight", 0.0))}
+  """The diffusion loss's and the augmentation's options."""
+  return {"task_probs": tuple(cfg.task_probs),
+          "flow_weight": float(cfg.flow_weight),
+          "min_snr": float(cfg.min_snr), "noise_levels": cfg.noise_levels,
+          "mirror_prob": float(cfg.mirror_prob),
+          "reverse_prob": float(cfg.reverse_prob)}
 
 
 def validate(config, mesh=None) -> None:
@@ -193,9 +248,20 @@ def validate(config, mesh=None) -> None:
     raise ValueError(f"config.train.task_probs must be {len(diffusion.TASKS)} "
                      f"non-negative numbers summing to 1 (for "
                      f"{', '.join(diffusion.TASKS)}), got {probs}")
-  for key in ("flow_weight", "motion_weight"):
-    if opts[key] < 0:
+  for key in ("flow_weight", "min_snr"):
+    if not opts[key] >= 0:
       raise ValueError(f"config.train.{key} must be >= 0, got {opts[key]}")
+  for key in ("mirror_prob", "reverse_prob"):
+    if not 0 <= opts[key] <= 1:
+      raise ValueError(f"config.train.{key} must be in [0, 1], got "
+                       f"{opts[key]}")
+  if opts["noise_levels"] not in diffusion.NOISE_LEVELS:
+    raise ValueError(f"config.train.noise_levels={opts['noise_levels']!r}; "
+                     f"known: {', '.join(diffusion.NOISE_LEVELS)}")
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"config.train.schedule={cfg.schedule!r}; known: "
+                     f"{', '.join(SCHEDULES)}")
+  motion.check_target(config.model.target)
   if not 1 <= config.model.context_frames < config.model.window:
     raise ValueError("config.model.context_frames must be in [1, window)")
   if config.model.window > config.data.num_frames:
@@ -219,9 +285,12 @@ def host_batch(raw: dict, null_text, null_mask, *, seed: int, step: int,
   drop = np.random.default_rng([seed, step]).random(
       global_rows or n)[row:row + n] < text_dropout
   batch = dict(raw)
-  batch["text"] = np.where(drop[:, None, None], null_text[None], raw["text"])
-  batch["text_mask"] = np.where(drop[:, None], null_mask[None],
-                                raw["text_mask"])
+  for suffix in ("", "_mirrored", "_reversed"):
+    if "text" + suffix in raw:
+      batch["text" + suffix] = np.where(drop[:, None, None], null_text[None],
+                                        raw["text" + suffix])
+      batch["text_mask" + suffix] = np.where(
+          drop[:, None], null_mask[None], raw["text_mask" + suffix])
   return batch
 
 
@@ -232,6 +301,13 @@ def with_latent_stats(config, meta: dict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.latent_mean = [round(v, 6) for v in meta["latent_mean"]]
   config.model.latent_std = [round(v, 6) for v in meta["latent_std"]]
+  # What the target generates, in normalised latent units.
+  rms = {"latent": None, "residual": meta.get("delta_rms"),
+         "motion": meta.get("correction_rms")}[config.model.target]
+  config.model.residual_rms = None if rms is None else [
+      round(r / s, 6) for r, s in zip(rms, meta["latent_std"])]
+  config.model.motion_rms = (round(meta["motion_rms"], 6)
+                             if config.model.target == "motion" else None)
   return config
 
 
@@ -307,8 +383,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                        f"latents in {cache} were encoded without: encode "
                        "again with this config (--mode=encode --overwrite)")
   mean, std = latents_lib.pooled_stats(metas, weights)
-  config = with_latent_stats(config, {"latent_mean": mean,
-                                      "latent_std": std})
+  config = with_latent_stats(config, {
+      "latent_mean": mean, "latent_std": std,
+      **{k: motion.pooled_rms([m[k] for m in metas], weights)
+         for k in ("delta_rms", "correction_rms")},
+      "motion_rms": motion.pooled_rms([m["motion_rms"] for m in metas],
+                                      weights)})
   null_text, null_mask = latents_lib.load_null_text(caches[0])
   mesh = sharding.make_mesh(config.mesh.axes)
   trainer = Trainer(config, mesh, metas[0]["text_dim"])

@@ -69,11 +69,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # from the encoded data and saved with the model.
   c.model.latent_mean = None
   c.model.latent_std = None
+  # What the model generates per frame (bidigen.motion): "latent" (the
+  # frame), "residual" (its latent's difference from F0's) or "motion" (a
+  # flow from F0 on the latent grid and a latent correction).
+  c.model.target = "latent"
+  # The root mean squares of what "residual"/"motion" generate, set by
+  # training from the encoded data and saved with the model.
+  c.model.residual_rms = None
+  c.model.motion_rms = None
+  # The prompt's mean token embedding into the noise-level modulation (a
+  # global path beside the cross-attention, zero-initialised).
+  c.model.pooled_text = False
 
   c.train = dict(
       num_steps=6 if tiny else 6000,
       batch_size=8,
       learning_rate=3e-4,
+      # "cosine" decays to 5% at num_steps; "constant" (after the warm-up)
+      # suits a run resumed across many sessions.
+      schedule="cosine",
       warmup_steps=2 if tiny else 300,
       weight_decay=0.01,
       grad_clip=1.0,
@@ -85,8 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # (1 to context_frames frames anywhere), bridge (context on both
       # sides: long keyframe gaps and loop seams). F0-only keeps its share.
       task_probs=(0.25, 0.25, 0.25, 0.1, 0.1, 0.05),
-      # Up-weights the loss where frames differ from F0 (0 = plain MSE).
-      motion_weight=0.0,
+      # Min-SNR-gamma loss weighting (0: off; 5 is the paper's gamma).
+      min_snr=0.0,
+      # Training noise levels: "uniform" or "logit_normal".
+      noise_levels="uniform",
+      # Shares of clips mirrored left-right / played backwards, each with
+      # its caption's direction words swapped.
+      mirror_prob=0.0,
+      reverse_prob=0.0,
       # Optical-flow regularisation (diffusion.flow_loss): predicted frames
       # warped by the clip's flow (OpenCV DIS, computed on the host) should
       # land on their neighbours. 0 turns it off.

@@ -19,7 +19,8 @@ def build(model_config) -> UNet:
               max_offset=model_config.unet.max_offset,
               dtype=jnp.dtype(model_config.get("dtype", "float32")),
               remat=model_config.get("remat", "none"),
-              attention=model_config.get("attention", "auto"))
+              attention=model_config.get("attention", "auto"),
+              pooled_text=bool(model_config.get("pooled_text", False)))
 
 
 def latent_shape(resolution: int) -> tuple[int, int, int]:

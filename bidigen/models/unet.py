@@ -45,6 +45,11 @@ class UNet(nn.Module):
   # Attention kernel: "auto" (cuDNN flash attention on GPU where it applies,
   # XLA elsewhere), "xla" or "cudnn"; see blocks.attention_implementation.
   attention: str = "auto"
+  # The prompt's mean token embedding added to the noise-level embedding
+  # that modulates every ResBlock (a zero-initialised projection, so an
+  # untrained path changes nothing): a global route for the prompt beside
+  # the per-position cross-attention, as adaLN-Zero in DiT.
+  pooled_text: bool = False
 
   def block(self, cls, counts, *args, static=()):
     """``cls(...)(*args)`` named as Flax would name it unwrapped
@@ -58,7 +63,8 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x, known, anchor, offsets, noise_level, text, text_mask):
     """Shapes: x [B,T,h,w,c], known/offsets/noise_level [B,T],
-    anchor [B,h,w,c], text [B,L,D], text_mask [B,L]. Returns [B,T,h,w,c]."""
+    anchor [B,h,w,c_a] (F0's latent), text [B,L,D], text_mask [B,L].
+    Returns [B,T,h,w,c]."""
     b, t, h, w, c = x.shape
     emb_dim = 4 * self.channels
     # Offsets beyond the trained range reuse the edge embedding: expansion can
@@ -73,13 +79,21 @@ class UNet(nn.Module):
     emb = blocks.dense(emb_dim, dtype=d)(emb)
     emb = blocks.dense(emb_dim, dtype=d)(nn.swish(emb)).reshape(b * t,
                                                                 emb_dim)
+    if self.pooled_text:
+      m = text_mask[..., None].astype(text.dtype)
+      pooled = jnp.sum(text * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+      glob = nn.Dense(emb_dim, kernel_init=nn.with_logical_partitioning(
+          nn.initializers.zeros, ("text", "mlp")), name="pooled_text",
+                      dtype=d)(pooled)
+      emb = emb + jnp.repeat(glob, t, axis=0)
     counts = collections.Counter()
 
     def res(width, *args):
       cls, name = self.block(blocks.ResBlock, counts)
       return cls(width, d, name=name)(*args)
 
-    anchor_t = jnp.broadcast_to(anchor[:, None], x.shape)
+    anchor_t = jnp.broadcast_to(anchor[:, None],
+                                (b, t, h, w, anchor.shape[-1]))
     mask = jnp.broadcast_to(known[:, :, None, None, None], (b, t, h, w, 1))
     inp = jnp.concatenate([x, mask, anchor_t], axis=-1)
     hs = inp.reshape(b * t, h, w, inp.shape[-1])
