@@ -374,6 +374,9 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     copy[:, :, [offsets.index(k) for k in known]] = truth[
         :, None, [offsets.index(k) for k in known]]
     results["copy_f0"] = copy
+    if list(known) == [0]:  # What a model of motion could reach.
+      results.update({k: v[:, None] for k, v in
+                      metrics.fitted_motion(truth, offsets).items()})
     if name in ("forward", "backward"):
       results["linear_flow"] = metrics.known_baselines(
           truth, offsets, known)["linear_flow"][:, None]
@@ -410,6 +413,9 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
     rows["copy_f0"] = score(copy, truth, offsets, [0], labelled, lpips_fn,
                             fvd_rollout, truth_features)
+    for k, v in metrics.fitted_motion(truth, offsets).items():
+      rows[k] = score(v[:, None], truth, offsets, [0], labelled, lpips_fn,
+                      fvd_rollout, truth_features)
     for row in rows.values():  # Decay over the rollout (issue 13: <= 2 dB).
       by = {abs(int(o)): [] for o in row["psnr_by_offset"]}
       for o, v in row["psnr_by_offset"].items():

@@ -14,7 +14,9 @@ caption through the text encoder, once, and writes them next to the data:
                                swapped for the clip mirrored left-right
                                (text_mirrored) and played backwards
                                (text_reversed); when the config trains with
-                               the flow loss, flows float16 [T-1, h, w, 2]
+                               the flow loss, flows float16 [T-1, h, w, 2];
+                               with mirroring, latents_mirrored (the clip
+                               flipped left-right, encoded)
   {cache}/null_text.npz        the empty prompt's embedding and mask (what a
                                caption dropped for guidance becomes)
   {cache}/meta.json            shapes, counts, the text encoder, the
@@ -295,6 +297,7 @@ def encode_one(config, *, overwrite: bool = False,
   from bidigen import metrics  # OpenCV's DIS flow, on the host.
   from bidigen import motion as motion_lib
   flows = float(config.train.get("flow_weight", 0.0)) > 0
+  mirrored = float(config.train.get("mirror_prob", 0.0)) > 0
 
   @jax.jit
   def to_latents(video):  # uint8 [B, T, R, R, 3] -> float [B, T, h, w, 32]
@@ -329,6 +332,8 @@ def encode_one(config, *, overwrite: bool = False,
       pad = np.concatenate([video, np.repeat(video[-1:], batch_clips - n, 0)])
       t = time.time()
       lat = np.asarray(to_latents(pad))[:n]
+      if mirrored:
+        lat_m = np.asarray(to_latents(pad[:, :, :, ::-1]))[:n]
       encode_seconds += time.time() - t
       captions = [c.decode() if isinstance(c, bytes) else str(c)
                   for c in (e["caption"] for e in exs)]
@@ -353,6 +358,8 @@ def encode_one(config, *, overwrite: bool = False,
           arrays["text_mask" + suffix] = mask[k].astype(np.uint8)
         if flows:
           arrays["flows"] = fl[k].astype(np.float16)
+        if mirrored:
+          arrays["latents_mirrored"] = lat_m[k].astype(np.float16)
         data = to_bytes(arrays)
         record_bytes += len(data)
         writer.write(data)
@@ -371,7 +378,7 @@ def encode_one(config, *, overwrite: bool = False,
       "latent_shape": list(lat.shape[1:]),
       "text_kind": text_cfg.kind, "text_path": text_cfg.path,
       "text_max_length": text_cfg.max_length,
-      "text_dim": encoder.dim, "flows": flows,
+      "text_dim": encoder.dim, "flows": flows, "mirrored": mirrored,
       "latent_mean": mean, "latent_std": std,
       # Root mean squares (raw latent units; motion in latent cells) of
       # what the "residual" and "motion" targets generate (bidigen.motion).

@@ -288,6 +288,37 @@ def object_adherence(gen, truth, offsets, clips) -> dict:
           "camera_accuracy": float(np.mean(cams))}
 
 
+def fitted_motion(truth: np.ndarray, offsets, factor: int = 8) -> dict:
+  """F0 moved by motion fitted to the truth [N, W, R, R, 3]: the ceilings a
+  model that generates motion can approach (they see the answer).
+  "f0_global_motion": one similarity transform per frame (RANSAC over the
+  dense flow); "f0_latent_flow": the dense flow averaged to a grid
+  ``factor`` times coarser (the latent grid), upsampled and applied."""
+  i0 = list(offsets).index(0)
+  glob, dense = truth.copy(), truth.copy()
+  r = truth.shape[-2]
+  gy, gx = np.mgrid[0:r:4, 0:r:4].astype(np.float32)
+  for n, clip in enumerate(truth):
+    f0 = clip[i0]
+    for j in range(len(offsets)):
+      if j == i0:
+        continue
+      fl = flow(clip[j], f0)  # clip[j](p) ~ f0(p + fl(p)).
+      src = np.stack([gx.ravel(), gy.ravel()], 1)
+      dst = src + fl[::4, ::4].reshape(-1, 2)
+      m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC)
+      if m is None:
+        m = np.eye(2, 3, dtype=np.float64)
+      glob[n, j] = cv2.warpAffine(f0, m, (r, r), flags=cv2.INTER_LINEAR
+                                  | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+      coarse = fl.reshape(r // factor, factor, r // factor, factor,
+                          2).mean(axis=(1, 3))
+      dense[n, j] = warp(f0, cv2.resize(coarse, (r, r),
+                                        interpolation=cv2.INTER_LINEAR))
+  return {"f0_global_motion": glob, "f0_latent_flow": dense}
+
+
 def known_baselines(truth, offsets, known) -> dict:
   """Frames from the known frames of truth [N, W, R, R, 3] at ``offsets``
   (``known``: the offsets given), without a model: linear blending

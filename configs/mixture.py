@@ -28,6 +28,10 @@ SOURCES = ("synthetic", "camera", "clips")
 # motion of photographs most, the synthetic objects (what teaches object
 # prompts) the rest.
 WEIGHTS = {"synthetic": 0.3, "camera": 0.35, "clips": 0.35}
+# Clips encoded per source (0: all): the synthetic and camera generators
+# make 1000 each, more than two CPU cores can train on; the real clips'
+# train videos are all used.
+ENCODE_CLIPS = {"synthetic": 200, "camera": 400, "clips": 0}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for name in SOURCES:
     section = ml_collections.ConfigDict(sections[name])
     section.weight = WEIGHTS[name]
+    section.encode_clips = 0 if variant == "tiny" else ENCODE_CLIPS[name]
     for key in ("data_dir", "resolution", "num_frames"):
       section[key] = c.data.get_ref(key)
     c.data.sources[name] = section

@@ -74,20 +74,3 @@ def test_training_with_flow_regularisation(tmp_path, tiny_data, tiny_config):
   np.testing.assert_allclose([r["loss"] for r in rows],
                              [r["v_loss"] + 1.0 * r["flow_loss"]
                               for r in rows], rtol=1e-5)
-
-
-def test_checkpoint_configs_from_before_the_loss_options(tiny_config):
-  import ml_collections
-  from bidigen import train
-  old = tiny_config.train.to_dict()
-  for key in ("task_probs", "motion_weight", "flow_weight"):
-    del old[key]
-  opts = train.loss_options(ml_collections.ConfigDict(old))
-  assert opts == {"task_probs": diffusion.TASK_PROBS, "motion_weight": 0.0,
-                  "flow_weight": 0.0}
-  # Saved with the four tasks that existed before keyframes and bridge.
-  old["task_probs"] = (0.5, 0.2, 0.2, 0.1)
-  opts = train.loss_options(ml_collections.ConfigDict(old))
-  assert opts["task_probs"] == (0.5, 0.2, 0.2, 0.1, 0.0, 0.0)
-  train.validate(ml_collections.ConfigDict(
-      dict(tiny_config.to_dict(), train=old)))

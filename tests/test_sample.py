@@ -24,6 +24,54 @@ def test_plan_covers_the_requested_frames(before, after, steps, side):
   assert s >= max(before, after)
 
 
+def make_sampler(mesh, *, unet, batch: int, guidance: float, window: int,
+                 context: int, frames_before: int, frames_after: int,
+                 steps: int, solver: str = "ddim", use_scan: bool = True):
+  """The program ``sample.Generator`` runs, for F0 alone and one length,
+  without its host work (text encoding, padding): the guidance scale an
+  argument of the compiled program (``sampler(..., guidance=g)``)."""
+  program = expansion.make_program(mesh, unet=unet, batch=batch, steps=steps,
+                                   solver=solver, use_scan=use_scan)
+  windows, side, _ = expansion.plan_windows((0,), frames_before,
+                                            frames_after, window, context)
+  known = np.zeros(2 * side + 1, np.float32)
+  known[side] = 1
+
+  def sampler(params, images, keys, text, text_mask, null_text, null_mask,
+              guidance=guidance):
+    b, r = images.shape[:2]
+    still = np.zeros((b, 1, r // 8, r // 8, 2), np.float32)
+    frames = program(params, images[:, None], still, np.array([side]), known,
+                     keys, text, text_mask, null_text, null_mask, windows,
+                     np.float32(guidance), np.float32(1.0))
+    return frames[:, side - frames_before:side + frames_after + 1]
+  sampler._cache_size = program._cache_size
+  return sampler
+
+
+def expand_latents(unet_params, anchor, keys, text, text_mask, null_text,
+                   null_mask, *, unet, window: int, context: int,
+                   frames_before: int, frames_after: int, steps: int,
+                   guidance: float, use_scan: bool = True, keyframes=None,
+                   loop: bool = False):
+  """The expansion in model space, without the autoencoder: anchor
+  [B, h, w, c] is F0's, keyframes {offset: [B, h, w, c]} any others, so
+  that it can be checked against a model whose answer is known."""
+  keyframes = keyframes or {}
+  windows, side, _ = expansion.plan_windows(
+      (0, *keyframes), frames_before, frames_after, window, context,
+      loop=loop)
+  buffer = jnp.zeros((anchor.shape[0], 2 * side + 1) + anchor.shape[1:])
+  known = jnp.zeros(2 * side + 1)
+  for o, lat in {0: anchor, **keyframes}.items():
+    buffer, known = buffer.at[:, side + o].set(lat), known.at[side + o].set(1)
+  buffer = expansion.fill_latents(
+      unet_params, buffer, known, anchor, keys, text, text_mask, null_text,
+      null_mask, windows, guidance, unet=unet, steps=steps,
+      use_scan=use_scan)
+  return buffer[:, side - frames_before:side + frames_after + 1]
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_config):
   """A tiny model with random (but non-trivial) weights: the sampler's
@@ -59,15 +107,14 @@ def sampled(setup):
   """The scanned sampler for a batch of 8 over the 8 devices, compiled
   once for the module, and its frames for the setup's inputs."""
   mesh, params, inputs, kw = setup
-  f = expansion.make_sampler(mesh, batch=8, **kw)
+  f = make_sampler(mesh, batch=8, **kw)
   return f, np.asarray(f(params, *inputs))
 
 
 def test_scan_sampler_matches_loop_reference(setup, sampled):
   mesh, params, inputs, kw = setup
   scan = sampled[1]
-  loop = jax.jit(lambda p, *a: expansion.expand(p, *a, use_scan=False, **kw))(
-      params, *inputs)
+  loop = make_sampler(mesh, batch=8, use_scan=False, **kw)(params, *inputs)
   scan, loop = np.asarray(scan, int), np.asarray(loop, int)
   assert scan.shape == (8, 17, 64, 64, 3)
   assert np.abs(scan - loop).max() <= 1
@@ -148,7 +195,7 @@ def test_expansion_continues_a_known_clip(before, after, use_scan):
   text = np.zeros((b, 2, 4), np.float32)
   mask = np.ones((b, 2), np.float32)
   f = jax.jit(functools.partial(
-      expansion.expand_latents, unet=LinearMotionUNet(), window=9, context=4,
+      expand_latents, unet=LinearMotionUNet(), window=9, context=4,
       frames_before=before, frames_after=after, steps=2, guidance=2.0,
       use_scan=use_scan))
   out = np.asarray(f({"delta": delta}, anchor, expansion.sample_keys(0, b),
@@ -168,7 +215,7 @@ def test_one_device_and_a_batch_of_one_give_the_frames_of_eight(setup,
   assert mesh.devices.size == 8
   eight = np.asarray(sampled[1], int)
   one_mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  one = np.asarray(expansion.make_sampler(one_mesh, batch=1, **kw)(
+  one = np.asarray(make_sampler(one_mesh, batch=1, **kw)(
       params, *(x[:1] for x in inputs)), int)
   # XLA compiles a per-device batch of 1 and of 8 differently; float
   # rounding may move a pixel by one level, never more.
@@ -203,7 +250,7 @@ def test_keyframes_and_loops_continue_a_known_clip(before, after, keys, loop):
   anchor, delta, text, mask = _oracle_clip()
   on = lambda o: anchor + np.asarray(curve(np.float32(o))) * delta
   f = jax.jit(functools.partial(
-      expansion.expand_latents, unet=LinearMotionUNet(curve), window=9,
+      expand_latents, unet=LinearMotionUNet(curve), window=9,
       context=4, frames_before=before, frames_after=after, steps=2,
       guidance=2.0, loop=loop))
   out = np.asarray(f({"delta": delta}, anchor, expansion.sample_keys(0, 4),

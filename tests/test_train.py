@@ -161,6 +161,19 @@ def test_encode_is_deterministic_and_stats_normalise(tmp_path, data_dir,
   np.testing.assert_allclose(meta["latent_mean"], lat.mean(0), atol=2e-3)
   np.testing.assert_allclose(meta["latent_std"], lat.std(0), rtol=2e-3)
   assert meta["num_clips"] == 8
+  # Motion from the centre frame, F0 (zero there), and what moving F0
+  # leaves to correct: less than the plain difference from F0.
+  assert a["motion"].shape == (8, 17, 8, 8, 2)
+  np.testing.assert_array_equal(a["motion"][:, 8], 0)
+  assert np.abs(a["motion"]).mean() > 0.05
+  z0 = a["latents"][:, 8:9]
+  np.testing.assert_allclose(
+      meta["delta_rms"], np.sqrt(np.sum((a["latents"] - z0) ** 2,
+                                        axis=(0, 1, 2, 3)) / (8 * 16 * 64)),
+      rtol=2e-3)
+  assert np.mean(meta["correction_rms"]) < 0.97 * np.mean(meta["delta_rms"])
+  for suffix in ("_mirrored", "_reversed"):
+    assert a["text" + suffix].shape == a["text"].shape
 
 
 def test_one_compiled_step_learns_one_batch_and_updates_the_ema(
@@ -279,6 +292,50 @@ def test_warm_start_from_an_exported_model(tmp_path, straight_run):
   config.model.unet.channels = 8
   with pytest.raises(ValueError, match="does not match"):
     train.train(config, str(tmp_path / "third"))
+
+
+def test_motion_target_trains_and_samples_with_keyframes(tmp_path, data_dir,
+                                                        tiny_config):
+  """The "motion" target with the new recipe (Min-SNR, logit-normal noise
+  levels, clips played backwards, the pooled text path, a constant rate)
+  trains, saves the statistics it generates in, and samples through the
+  Generator users get: F0 and a keyframe exactly the images given, motion
+  strength an argument of the same program."""
+  from bidigen import sample
+  config = tiny_config.copy_and_resolve_references()
+  config.data.data_dir = data_dir
+  config.model.target = "motion"
+  config.model.pooled_text = True
+  config.train.update(num_steps=2, checkpoint_every=2, min_snr=5.0,
+                      noise_levels="logit_normal", reverse_prob=0.5,
+                      schedule="constant")
+  wd = str(tmp_path / "run")
+  train.train(config, wd)
+  meta = latents.read_meta(latents.cache_dir(config.data))
+  gen = sample.Generator(wd)
+  np.testing.assert_allclose(
+      gen.config.model.residual_rms,
+      np.asarray(meta["correction_rms"]) / np.asarray(meta["latent_std"]),
+      rtol=1e-4)
+  np.testing.assert_allclose(gen.config.model.motion_rms, meta["motion_rms"],
+                             rtol=1e-4)
+  rng = np.random.default_rng(0)
+  image, key = (rng.integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
+                for _ in range(2))
+  run = lambda strength: gen(image, ["the camera pans left"],
+                             frames_before=4, frames_after=4, seed=0,
+                             steps=2, keyframes={3: key},
+                             motion_strength=strength)
+  a, b = run(1.0), run(0.0)
+  assert a.shape == (1, 9, 64, 64, 3) and len(gen._compiled) == 1
+  for out in (a, b):
+    np.testing.assert_array_equal(out[:, 4], image)
+    np.testing.assert_array_equal(out[:, 7], key)
+  with pytest.raises(ValueError, match="motion_strength"):
+    run(3.0)
+  config.train.mirror_prob = 0.5  # Mirrored clips need their own latents.
+  with pytest.raises(ValueError, match="mirrored latents"):
+    train.train(config, str(tmp_path / "mirror"))
 
 
 def test_loading_a_workdir_builds_no_trainer_and_one_text_encoder(
@@ -498,6 +555,7 @@ def test_generator_compiles_once_per_length_bucket(straight_run):
   frames an exact-length program gives."""
   from bidigen import expansion
   from bidigen import sample
+  from tests import test_sample
   _, wd = straight_run
   gen = sample.Generator(wd)
   image = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3),
@@ -510,7 +568,7 @@ def test_generator_compiles_once_per_length_bucket(straight_run):
   assert all(f._cache_size() == 1 for f in gen._compiled.values())
   np.testing.assert_array_equal(c[:, 3:], d[:, :12])
   cfg = gen.config
-  exact = expansion.make_sampler(
+  exact = test_sample.make_sampler(
       gen.mesh, unet=gen.unet, batch=1, window=cfg.model.window,
       context=cfg.model.context_frames, frames_before=9, frames_after=5,
       steps=2, guidance=float(cfg.sample.guidance))
