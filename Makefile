@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser malloc demo gui test check-pythons clean
+.PHONY: install browser malloc demo gui train test check-pythons clean
 
 install: $(STAMP) browser malloc
 
@@ -58,6 +58,21 @@ demo: $(STAMP) malloc
 	  --prompt="the camera pans to the left over a cat" \
 	  --frames_before=8 --frames_after=8 --seed=0 --output=out/demo.mp4 \
 	  --overwrite
+
+# The embedded model's long run, one command to start or resume it: the
+# data and latent caches are made when missing (configs/mixture.py; about
+# 20 minutes on two CPU cores, nothing when present), then training resumes
+# from $(TRAIN_WORKDIR)'s last checkpoint, or starts from the embedded model
+# (fresh optimizer, a short warm-up) when there is none. It checkpoints
+# every few minutes and runs until stopped (Ctrl-C or SIGTERM saves).
+TRAIN_WORKDIR ?= workdirs/embedded
+TRAIN_FLAGS ?=
+train: $(STAMP) malloc
+	$(BIN)/python -m bidigen.main --config=configs/mixture.py --mode=prepare
+	$(BIN)/python -m bidigen.main --config=configs/mixture.py --mode=encode
+	$(BIN)/python -m bidigen.main --config=configs/mixture.py --mode=train \
+	  --workdir=$(TRAIN_WORKDIR) \
+	  --config.train.init_from=bidigen/assets/default_model $(TRAIN_FLAGS)
 
 # The web GUI on 127.0.0.1:7860 (flags: python -m bidigen.gui --help).
 gui: $(STAMP)

@@ -177,6 +177,8 @@ def train_setup(config):
   config = config.copy_and_resolve_references()
   config.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
   config.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
+  config.model.residual_rms = [1.0] * taef2.LATENT_CHANNELS
+  config.model.motion_rms = 1.0
   return config, sharding.make_mesh(config.mesh.axes)
 
 
@@ -191,8 +193,9 @@ def random_batch(config, mesh, text_dim: int = 384) -> dict:
                config.data.resolution)).astype(np.float32),
            "text": rng.normal(size=(b, length, text_dim)).astype(np.float32),
            "text_mask": np.ones((b, length), np.float32)}
+  h = models.latent_shape(config.data.resolution)[0]
+  local["motion"] = rng.normal(size=(b, t, h, h, 2)).astype(np.float32)
   if config.train.get("flow_weight", 0.0):
-    h = models.latent_shape(config.data.resolution)[0]
     local["flows"] = np.zeros((b, t - 1, h, h, 2), np.float32)
   return sharding.global_batch(mesh, local)
 
@@ -261,7 +264,7 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
   with its unconditional twin unless guidance is 1) and of TAEF2, times the
   calls the plan makes: the analysis of the whole scanned sampler counts a
   loop's body once."""
-  from bidigen import expansion, media, models, sample
+  from bidigen import expansion, media, models, motion, sample
   from bidigen.models import taef2
   t = time.perf_counter()
   gen = sample.Generator(checkpoint)
@@ -296,10 +299,11 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
 
   # FLOPs of one UNet call per window (two with guidance) and of TAEF2.
   h = models.latent_shape(gen.resolution)
+  x = h[:2] + (motion.channels(gen.target),)  # What the model generates.
   unet_flops = {}
   for n in (1, 2):
     text, mask = gen.encoder.encode([""] * n)
-    unet_args = (jnp.zeros((n, window) + h), jnp.zeros((n, window)),
+    unet_args = (jnp.zeros((n, window) + x), jnp.zeros((n, window)),
                  jnp.zeros((n,) + h), jnp.zeros((n, window), jnp.int32),
                  jnp.zeros((n, window)), text, mask)
     unet_flops[n] = flops(jax.jit(gen.unet.apply), gen.params["unet"],
@@ -354,6 +358,61 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
   print(f"17 frames with the old sampling defaults (25 DDIM steps, "
         f"guidance 3): {old:.2f} s; the defaults now are "
         f"{old / results[8][0]:.1f}x as fast")
+
+
+def designs(config, checkpoint, repeats):
+  """The model that generates motion and a correction against one that
+  generates whole frames (the design before it), in the same run: train
+  steps per second at equal batch, and seconds for 17 and 65 frames. The
+  frame design samples with the same UNet and random weights (time does
+  not depend on them); the motion design also runs OpenCV's flow on its
+  known frames and decodes twice per frame."""
+  import copy
+  from bidigen import media, models, sample, sharding, train
+  steps = {}
+  for target in ("latent", "motion"):
+    cfg, mesh = train_setup(config)
+    cfg.model.target = target
+    trainer = train.Trainer(cfg, mesh, text_dim=384)
+    holder = {"state": trainer.init(jax.random.key(0))}
+    batch, key = random_batch(cfg, mesh), jax.random.key(1)
+
+    def step():
+      holder["state"], m = trainer.step(holder["state"], batch, key)
+      return m
+    steps[target] = timed(step, repeats)
+  gen = sample.Generator(checkpoint)
+  old = copy.copy(gen)
+  old.target, old._compiled = "latent", {}
+  cfg = old.config.copy_and_resolve_references()
+  cfg.model.target = "latent"
+  lat = models.latent_shape(gen.resolution)
+  params = jax.jit(lambda k: train.init_state(
+      k, unet=gen.unet, tx=train.make_optimizer(cfg.train), latent_shape=lat,
+      window=cfg.model.window, text_shape=(cfg.model.text.max_length,
+                                           gen.encoder.dim)).ema)(
+                                               jax.random.key(0))
+  old.params = jax.device_put(dict(gen.params, unet=params),
+                              sharding.replicated(gen.mesh))
+  image = media.load_image(os.path.join(media.EXAMPLES, "cat.png"),
+                           gen.resolution)[None]
+  secs = {}
+  for name, g in (("latent", old), (gen.target, gen)):
+    for side in (8, 32):
+      call = lambda: g(image, ["the camera pans to the left over a cat"],
+                       frames_before=side, frames_after=side, seed=0)
+      call()  # Compiles.
+      secs[name, side] = timed(call, max(1, repeats // 2))
+  print(f"designs (batch {config.train.batch_size} train step; sampling "
+        f"with {checkpoint or 'the embedded model'}, target "
+        f"{gen.target!r}):")
+  print(f"  train step: whole frames {steps['latent']:.3f} s, motion + "
+        f"correction {steps['motion']:.3f} s "
+        f"({steps['latent'] / steps['motion']:.2f}x the steps/s)")
+  for side in (8, 32):
+    a, b = secs["latent", side], secs[gen.target, side]
+    print(f"  {2 * side + 1} frames: whole frames {a:.2f} s, "
+          f"{gen.target} {b:.2f} s ({a / b:.2f}x as fast)")
 
 
 def cpu_processes(repeats, what: str, settings):
@@ -506,6 +565,7 @@ def main(argv):
   autoencoder(FLAGS.repeats)
   train_step(FLAGS.config, FLAGS.repeats, peak)
   sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
+  designs(FLAGS.config, FLAGS.checkpoint, FLAGS.repeats)
   if jax.default_backend() == "cpu":
     cpu_convolutions(FLAGS.repeats)
     cpu_allocators(FLAGS.repeats)

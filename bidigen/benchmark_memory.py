@@ -76,6 +76,8 @@ def with_unit_stats(config):
   config = config.copy_and_resolve_references()
   config.model.latent_mean = [0.0] * taef2.LATENT_CHANNELS
   config.model.latent_std = [1.0] * taef2.LATENT_CHANNELS
+  config.model.residual_rms = [1.0] * taef2.LATENT_CHANNELS
+  config.model.motion_rms = 1.0
   return config
 
 
@@ -106,6 +108,8 @@ def lowered_step(config, batch: int, text_dim: int):
   n = config.model.text.max_length
   lat = models.latent_shape(r)
   inputs = {"latents": jax.ShapeDtypeStruct((batch, t) + lat, jnp.float32),
+            "motion": jax.ShapeDtypeStruct((batch, t) + lat[:2] + (2,),
+                                           jnp.float32),
             "text": jax.ShapeDtypeStruct((batch, n, text_dim), jnp.float32),
             "text_mask": jax.ShapeDtypeStruct((batch, n), jnp.float32)}
   return trainer.step.lower(trainer.abstract_state, inputs,

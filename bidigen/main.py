@@ -31,7 +31,7 @@ from ml_collections import config_flags  # noqa: E402
 MODES = {"train": ("config", "workdir"), "evaluate": ("config", "workdir"),
          "sample": (),
          "prepare": ("config",), "encode": ("config",),
-         "export": ("workdir", "output")}
+         "export": ("workdir", "output"), "gate": ("config", "workdir")}
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/synthetic.py[:tiny]; override "
@@ -66,7 +66,7 @@ flags.DEFINE_string("output", None, "sample: .mp4/.gif video, or a folder "
 flags.DEFINE_bool("overwrite", False, "sample/export: replace an --output "
                   "that bidigen wrote before (a folder holding anything "
                   "else is never replaced); encode: encode again.")
-flags.DEFINE_string("checkpoint", None, "sample/evaluate: a training "
+flags.DEFINE_string("checkpoint", None, "sample/evaluate/gate: a training "
                     "workdir or an exported model; default: the embedded "
                     "model.")
 flags.DEFINE_float("guidance", None, "sample: classifier-free guidance "
@@ -76,6 +76,10 @@ flags.DEFINE_integer("steps", None, "sample: denoising steps (default: "
 flags.DEFINE_enum("solver", None, ["ddim", "dpmpp_2m"], "sample: the ODE "
                   "solver (default: config.sample.solver; dpmpp_2m is "
                   "DPM-Solver++(2M), for fewer steps).")
+flags.DEFINE_float("motion_strength", 1.0, "sample: scales the motion a "
+                   "model with config.model.target=motion generates (0 "
+                   "keeps F0 in place, 1 is the model's own, up to 2).",
+                   lower_bound=0, upper_bound=2)
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"],
                   "export: the weights' storage type; float16 halves the "
                   "folder and is widened to float32 on load.")
@@ -100,7 +104,8 @@ def run(argv) -> None:
   sharding.initialize_distributed(FLAGS.coordinator_address,
                                   FLAGS.num_processes, FLAGS.process_id)
   modes = {"train": train, "evaluate": evaluate, "sample": sample,
-           "prepare": prepare, "encode": encode, "export": export}
+           "prepare": prepare, "encode": encode, "export": export,
+           "gate": gate}
   modes[FLAGS.mode](FLAGS.config)
 
 
@@ -117,6 +122,19 @@ def evaluate(config) -> None:
         f"({report['seconds']} s)")
 
 
+def gate(config) -> None:
+  from bidigen import gate as gate_lib
+  r = gate_lib.run(config, FLAGS.workdir, FLAGS.checkpoint)
+  old = r["embedded_score"]
+  print(f"gate: score {r['score']:.3f} (LPIPS {r['lpips']:.3f} vs copy-F0 "
+        f"{r['lpips_copy_f0']:.3f}, FVD {r['fvd']:.1f} vs "
+        f"{r['fvd_copy_f0']:.1f}, camera accuracy "
+        f"{r['camera_accuracy']:.2f}); embedded model "
+        f"{'not scored' if old is None else f'{old:.3f}'}: "
+        f"{'passes' if r['passes'] else 'does not pass'} "
+        f"({FLAGS.workdir}/gate.json)")
+
+
 def sample(config) -> None:
   from bidigen import sample as sample_lib
   sample_lib.run(config=config, image=FLAGS.image, prompt=FLAGS.prompt,
@@ -127,7 +145,7 @@ def sample(config) -> None:
                  guidance=FLAGS.guidance, steps=FLAGS.steps,
                  solver=FLAGS.solver, video=FLAGS.video,
                  video_frame=FLAGS.video_frame, keyframes=FLAGS.keyframe,
-                 loop=FLAGS.loop)
+                 loop=FLAGS.loop, motion_strength=FLAGS.motion_strength)
 
 
 def prepare(config) -> None:

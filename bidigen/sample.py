@@ -178,7 +178,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
         guidance: float | None = None, steps: int | None = None,
         solver: str | None = None, video: str | None = None,
         video_frame: int | None = None, keyframes=(), loop: bool = False,
-        config=None) -> np.ndarray:
+        motion_strength: float = 1.0, config=None) -> np.ndarray:
   """The ``--mode=sample`` command: an image (and keyframes) or a video in,
   a video or folder out."""
   import os
@@ -243,7 +243,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
                frames_after=after, seed=seed, steps=steps,
                guidance=guidance, solver=solver,
                keyframes={o: f[None] for o, f in known.items()},
-               loop=loop)[0]
+               loop=loop, motion_strength=motion_strength)[0]
   media.write_output(
       frames, -before, output, fps=gen.config.sample.fps,
       overwrite=overwrite,
@@ -252,6 +252,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
             "video_frame": video and i0,
             "keyframes": {str(o): os.path.abspath(p) for p, o in keys},
             "loop": loop, "prompt": prompt, "seed": seed,
+            "motion_strength": motion_strength,
             "frames_before": before, "frames_after": after,
             "steps": steps or gen.config.sample.steps,
             "solver": solver or gen.config.sample.get("solver", "ddim"),

@@ -216,8 +216,9 @@ def kept_activations(config, batch: int, text_dim: int) -> int:
   unet = models.build(config.model)
   w, n = config.model.window, config.model.text.max_length
   lat = models.latent_shape(config.data.resolution)
+  x = lat[:2] + (motion.channels(config.model.target, lat[2]),)
   shape = lambda *s, dtype=jnp.float32: jax.ShapeDtypeStruct(s, dtype)
-  args = (shape(batch, w, *lat), shape(batch, w), shape(batch, *lat),
+  args = (shape(batch, w, *x), shape(batch, w), shape(batch, *lat),
           shape(batch, w, dtype=jnp.int32), shape(batch, w),
           shape(batch, n, text_dim), shape(batch, n))
 
@@ -486,8 +487,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         save(done)
       if stop:
         mngr.wait_until_finished()
-        print(f"SIGTERM at step {done}: saved checkpoint, exiting",
-              flush=True)
+        print(f"stopped at step {done} (SIGTERM or Ctrl-C): saved a "
+              "checkpoint, exiting", flush=True)
         break
   mngr.wait_until_finished()
   writer.flush()
@@ -512,8 +513,9 @@ def preemption_notice(mngr):
   """Yields ``preempted(step) -> bool``, checked once per step: whether to
   save and stop there.
 
-  One process turns SIGTERM into a flag (its default is to die mid-step).
-  Several processes must stop at the same step, so there jax's preemption
+  One process turns SIGTERM and Ctrl-C (SIGINT) into a flag (their
+  defaults die mid-step, losing the steps since the last checkpoint); a
+  second Ctrl-C interrupts at once. Several processes must stop at the same step, so there jax's preemption
   service, which catches SIGTERM on any of them, picks the step
   (``CheckpointManager.reached_preemption``).
   """
@@ -524,9 +526,15 @@ def preemption_notice(mngr):
     yield lambda step: False  # Only the main thread may take signals.
     return
   caught = []
-  previous = signal.signal(signal.SIGTERM, lambda *_: caught.append(1))
+
+  def on_signal(signum, frame):
+    if caught and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    caught.append(signum)
+  previous = {s: signal.signal(s, on_signal)
+              for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     yield lambda step: bool(caught)
   finally:
-    signal.signal(signal.SIGTERM,
-                  signal.SIG_DFL if previous is None else previous)
+    for s, handler in previous.items():
+      signal.signal(s, signal.SIG_DFL if handler is None else handler)

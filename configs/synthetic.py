@@ -1,15 +1,13 @@
-"""The embedded default model's recipe: procedural captioned clips.
+"""The base recipe every config builds on: procedural captioned clips
+(coloured objects over photographs, camera pans and zooms).
 
-Encode the clips once (TAEF2 latents and caption embeddings), train on
-them, export (this is how bidigen/assets/default_model was made, on 2 CPU
-cores from the first 200 clips and stopped at step 244; the README gives its
-exact flags):
+Encode the clips once (TAEF2 latents, motion labels and caption
+embeddings), train on them, export:
   python -m bidigen.main --config=configs/synthetic.py --mode=encode
   python -m bidigen.main --config=configs/synthetic.py --mode=train \
       --workdir=workdirs/synthetic
   python -m bidigen.main --config=configs/synthetic.py --mode=export \
-      --workdir=workdirs/synthetic --output=bidigen/assets/default_model \
-      --overwrite
+      --workdir=workdirs/synthetic --output=models/synthetic
 Tests and CI use the ``:tiny`` variant (64px clips, 8x8x32 latents, a small
 model, 6 steps):
   python -m bidigen.main --config=configs/synthetic.py:tiny --mode=encode
@@ -121,10 +119,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # solver: "ddim", or "dpmpp_2m" (DPM-Solver++(2M), second order: fewer
   # steps for the same result). 8 DPM-Solver++ steps gave the embedded
   # model's 25-step DDIM result on held-out real clips (PSNR +0.02 dB, LPIPS
-  # equal; README, Results), so that is the default; --mode=evaluate with
+  # equal; the model card's sampler steps), so that is the default;
+  # guidance 1 (the prompt without extrapolation) because guidance 3 turned
+  # the previous model's frames to texture. --mode=evaluate with
   # eval.solver/eval.steps measures any pair. :tiny keeps DDIM, which the
-  # tests' exact references use.
-  c.sample = dict(steps=4 if tiny else 8, guidance=3.0, frames_before=4,
+  # tests' exact references use, and guidance 3, so that they run the
+  # guided branch.
+  c.sample = dict(steps=4 if tiny else 8, guidance=3.0 if tiny else 1.0,
+                  frames_before=4,
                   frames_after=4, fps=8, solver="ddim" if tiny else "dpmpp_2m")
 
   # --mode=evaluate: the first num_clips test clips, samples_per_clip samples

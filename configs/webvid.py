@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.context_frames = 8
   # Accelerator recipe: bf16 activations and matmuls (float32 parameters);
   # each block recomputed but its matmuls in the backward pass. On one H200
-  # (README, Benchmarks) at 8 examples: 1.14x the step time of no remat for
+  # at 8 examples: 1.14x the step time of no remat for
   # 0.51x XLA's temporaries; "none" is faster where memory allows.
   c.model.dtype = "bfloat16"
   c.model.remat = "dots"
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_steps=5_000, ema_decay=0.9999, log_every=100,
       checkpoint_every=2_000)
   # Steps: synthetic's 8 DPM-Solver++(2M), which matched 25 DDIM steps on
-  # held-out real clips (README, Sampler steps; it was 50 here, 6x the
+  # held-out real clips (the model card; it was 50 here, 6x the
   # calls for nothing measured). Measure this model's own curve with
   # --mode=evaluate --config.eval.steps=N once it is trained.
   c.sample.update(guidance=4.0, fps=8)
