@@ -13,7 +13,6 @@ import json
 import os
 
 from absl import logging
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -47,11 +46,6 @@ def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            create=True),
       item_names=("state", "data", "config"))
-
-
-def sampling_params(state) -> dict:
-  """What sampling needs from a train state, as plain arrays."""
-  return {"unet": nn.unbox(state.ema)}
 
 
 def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,10 @@ training masks are exactly the ones sampling uses.
 import jax
 import jax.numpy as jnp
 
-# Mask kinds, in the order `sample_windows` draws them. TASK_PROBS is what
-# runs trained before "keyframes" and "bridge" existed used (they drew
-# neither); configs set their own mix.
+# Mask kinds, in the order `sample_windows` draws them; configs set how
+# often each is drawn (config.train.task_probs).
 TASKS = ("f0_only", "forward", "backward", "interpolation", "keyframes",
          "bridge")
-TASK_PROBS = (0.25, 0.3, 0.3, 0.15, 0.0, 0.0)
 
 
 def alpha_sigma(t):
@@ -23,7 +21,7 @@ def alpha_sigma(t):
 
 
 def sample_windows(rng, clip_frames: int, window: int, max_context: int,
-                   batch: int, task_probs=TASK_PROBS):
+                   batch: int, task_probs):
   """Draws, per example, a window of the clip and which frames are known.
 
   Returns (start [B] index into the clip, known [B, window] float, task [B]).

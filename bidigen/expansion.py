@@ -240,11 +240,27 @@ def model_space(params, images, known_motion, target: str):
                          motion_rms=params["motion_rms"]), anchor
 
 
+# Frames decoded at a time: TAEF2's activations for a whole long request
+# at once (2049 frames) asked for 32 GB; a few frames at a time keep the
+# peak at the frame buffers.
+DECODE_FRAMES = 16
+
+
 def model_frames(params, x, f0, anchor, target: str, strength=1.0):
-  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1]."""
-  return motion.pixels(lambda z: to_frames(params, z), x, f0, anchor,
-                       target=target, residual_rms=params["residual_rms"],
-                       motion_rms=params["motion_rms"], strength=strength)
+  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1],
+  ``DECODE_FRAMES`` at a time (``lax.map``)."""
+  b, t = x.shape[:2]
+  n = -(-t // DECODE_FRAMES)
+  pad = jnp.concatenate(
+      [x, jnp.zeros((b, n * DECODE_FRAMES - t) + x.shape[2:], x.dtype)], 1)
+  chunks = jnp.moveaxis(pad.reshape((b, n, DECODE_FRAMES) + x.shape[2:]),
+                        1, 0)
+  out = jax.lax.map(lambda c: motion.pixels(
+      lambda z: to_frames(params, z), c, f0, anchor, target=target,
+      residual_rms=params["residual_rms"], motion_rms=params["motion_rms"],
+      strength=strength), chunks)
+  out = jnp.moveaxis(out, 0, 1)
+  return out.reshape((b, n * DECODE_FRAMES) + out.shape[3:])[:, :t]
 
 
 def frame_noise(keys, offsets, shape):

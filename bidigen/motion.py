@@ -130,14 +130,13 @@ def pixels(decode, x, f0, anchor, *, target: str, residual_rms, motion_rms,
   ``decode``: normalised latents [..., h, w, c] -> frames in [-1, 1].
   ``f0`` [B, R, R, 3] in [-1, 1] is the user's frame; ``strength`` scales
   the motion (0 keeps F0 in place, 1 is what the model generated)."""
-  lat, m = from_model(x, anchor, target=target, residual_rms=residual_rms,
-                      motion_rms=motion_rms)
+  kw = dict(target=target, residual_rms=residual_rms, motion_rms=motion_rms)
   if target == "latent":
-    return decode(lat)
+    return decode(from_model(x, anchor, **kw)[0])
   a = anchor[:, None]
   if target == "residual":
-    return f0[:, None] + decode(lat) - decode(a)
-  m = m * strength
+    return f0[:, None] + decode(from_model(x, anchor, **kw)[0]) - decode(a)
+  m = x[..., :MOTION_CHANNELS] * motion_rms * strength
   base = warp(a, m)
   lat = base + x[..., MOTION_CHANNELS:] * residual_rms
   moved = warp(f0[:, None], upsample_flow(m, f0.shape[-2]))

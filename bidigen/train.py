@@ -114,9 +114,9 @@ def augment(batch: dict, rng, *, mirror_prob: float, reverse_prob: float):
 
 
 def train_step(state, batch, rng, *, unet, tx, window, max_context,
-               ema_decay, latent_mean, latent_std, residual_rms=1.0,
-               motion_rms=1.0, target="latent",
-               task_probs=diffusion.TASK_PROBS, flow_weight=0.0, min_snr=0.0, noise_levels="uniform",
+               ema_decay, latent_mean, latent_std, task_probs,
+               residual_rms=1.0, motion_rms=1.0, target="latent",
+               flow_weight=0.0, min_snr=0.0, noise_levels="uniform",
                mirror_prob=0.0, reverse_prob=0.0):
   """One UNet update on random windows with the masks sampling uses.
 
