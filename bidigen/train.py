@@ -88,28 +88,33 @@ def augment(batch: dict, rng, *, mirror_prob: float, reverse_prob: float):
   frame, stays F0. Mirrored clips need their own latents (encoded with
   ``mirror_prob`` > 0): TAEF2's latent space is not mirror-symmetric (four
   photographs' latents flipped decode 15-20 dB from the flipped photos,
-  against a 25-30 dB round trip), so flipping latents would teach noise."""
+  against a 25-30 dB round trip), so flipping latents would teach noise.
+  A clip is mirrored or reversed, never both (its caption would need both
+  swaps)."""
   b = batch["latents"].shape[0]
-  k_m, k_r = jax.random.split(rng)
+  u = jax.random.uniform(rng, (b,))
+  flags = {"_mirrored": (mirror_prob, u < mirror_prob),
+           "_reversed": (reverse_prob, (u >= mirror_prob)
+                         & (u < mirror_prob + reverse_prob))}
+  flip = lambda a: a[:, :, :, ::-1] * jnp.array([-1.0, 1.0])
   out = dict(batch)
-  for prob, key, suffix in ((mirror_prob, k_m, "_mirrored"),
-                            (reverse_prob, k_r, "_reversed")):
+  for suffix, (prob, flag) in flags.items():
     if not prob or "text" + suffix not in batch:
       continue
-    flag = jax.random.bernoulli(key, prob, (b,))
-    pick = lambda new, old: jnp.where(
-        flag.reshape((b,) + (1,) * (old.ndim - 1)), new, old)
-    lat, mot = out["latents"], out["motion"]
     if suffix == "_mirrored":
-      new_lat = batch["latents_mirrored"]
-      new_mot = mot[:, :, :, ::-1] * jnp.array([-1.0, 1.0])
+      new = {"latents": batch["latents_mirrored"],
+             "motion": flip(batch["motion"])}
+      if "flows" in batch:
+        new["flows"] = flip(batch["flows"])
     else:
-      new_lat, new_mot = lat[:, ::-1], mot[:, ::-1]
-      if "flows" in out:  # t -> t+1 played backwards is -(t+1 -> t).
-        out["flows"] = pick(-out["flows"][:, ::-1], out["flows"])
-    out["latents"], out["motion"] = pick(new_lat, lat), pick(new_mot, mot)
-    out["text"] = pick(batch["text" + suffix], out["text"])
-    out["text_mask"] = pick(batch["text_mask" + suffix], out["text_mask"])
+      new = {"latents": batch["latents"][:, ::-1],
+             "motion": batch["motion"][:, ::-1]}
+      if "flows" in batch:  # t -> t+1 played backwards is -(t+1 -> t).
+        new["flows"] = -batch["flows"][:, ::-1]
+    new["text"] = batch["text" + suffix]
+    new["text_mask"] = batch["text_mask" + suffix]
+    for k, v in new.items():
+      out[k] = jnp.where(flag.reshape((b,) + (1,) * (v.ndim - 1)), v, out[k])
   return out
 
 
@@ -258,6 +263,9 @@ def validate(config, mesh=None) -> None:
     if not 0 <= opts[key] <= 1:
       raise ValueError(f"config.train.{key} must be in [0, 1], got "
                        f"{opts[key]}")
+  if opts["mirror_prob"] + opts["reverse_prob"] > 1:
+    raise ValueError("config.train.mirror_prob + reverse_prob must be <= 1: "
+                     "a clip is mirrored or reversed, not both")
   if opts["noise_levels"] not in diffusion.NOISE_LEVELS:
     raise ValueError(f"config.train.noise_levels={opts['noise_levels']!r}; "
                      f"known: {', '.join(diffusion.NOISE_LEVELS)}")

@@ -126,3 +126,40 @@ def test_captions_swap_direction_words():
 def test_pooled_rms_weights_as_training_draws():
   got = motion.pooled_rms([[1.0, 2.0], [3.0, 2.0]], [3, 1])
   np.testing.assert_allclose(got, [np.sqrt(0.75 + 2.25), 2.0])
+
+
+def test_augment_reverses_or_mirrors_clips_with_their_captions():
+  """Played backwards: frames and motion in reverse order (F0 stays the
+  centre), the reversed caption. Mirrored: the mirrored clip's own latents,
+  motion flipped with x negated, the mirrored caption. Never both."""
+  import jax
+  from bidigen import train
+  rng = np.random.default_rng(4)
+  b, t, h = 64, 5, 3
+  batch = {k: rng.normal(size=s).astype(np.float32) for k, s in (
+      ("latents", (b, t, h, h, 4)), ("latents_mirrored", (b, t, h, h, 4)),
+      ("motion", (b, t, h, h, 2)), ("text", (b, 2, 3)),
+      ("text_mirrored", (b, 2, 3)), ("text_reversed", (b, 2, 3)),
+      ("text_mask", (b, 2)), ("text_mask_mirrored", (b, 2)),
+      ("text_mask_reversed", (b, 2)))}
+  rev = train.augment(batch, jax.random.key(0), mirror_prob=0.0,
+                      reverse_prob=1.0)
+  np.testing.assert_array_equal(rev["latents"], batch["latents"][:, ::-1])
+  np.testing.assert_array_equal(rev["motion"], batch["motion"][:, ::-1])
+  np.testing.assert_array_equal(rev["text"], batch["text_reversed"])
+  mir = train.augment(batch, jax.random.key(0), mirror_prob=1.0,
+                      reverse_prob=0.0)
+  np.testing.assert_array_equal(mir["latents"], batch["latents_mirrored"])
+  np.testing.assert_array_equal(mir["motion"][..., 0],
+                                -batch["motion"][:, :, :, ::-1, 0])
+  np.testing.assert_array_equal(mir["text_mask"],
+                                batch["text_mask_mirrored"])
+  half = train.augment(batch, jax.random.key(1), mirror_prob=0.5,
+                       reverse_prob=0.5)
+  mirrored = np.all(half["latents"] == batch["latents_mirrored"],
+                    axis=(1, 2, 3, 4))
+  reversed_ = np.all(half["latents"] == batch["latents"][:, ::-1],
+                     axis=(1, 2, 3, 4))
+  assert (mirrored ^ reversed_).all() and 10 < mirrored.sum() < 54
+  np.testing.assert_array_equal(half["text"][reversed_],
+                                batch["text_reversed"][reversed_])
