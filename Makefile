@@ -10,7 +10,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser malloc demo gui train test check-pythons clean
+.PHONY: install browser malloc demo contact-sheet gui train test \
+  check-pythons clean
 
 install: $(STAMP) browser malloc
 
@@ -73,6 +74,17 @@ train: $(STAMP) malloc
 	$(BIN)/python -m bidigen.main --config=configs/mixture.py --mode=train \
 	  --workdir=$(TRAIN_WORKDIR) \
 	  --config.train.init_from=bidigen/assets/default_model $(TRAIN_FLAGS)
+
+# The README's picture: make demo's request as a contact sheet (F-8..F+8),
+# copied next to the embedded model.
+contact-sheet: $(STAMP) malloc
+	$(BIN)/python -m bidigen.main --mode=sample \
+	  --image=bidigen/assets/examples/cat.png \
+	  --prompt="the camera pans to the left over a cat" \
+	  --frames_before=8 --frames_after=8 --seed=0 --output=out/sheet \
+	  --overwrite
+	cp out/sheet/contact_sheet.png \
+	  bidigen/assets/default_model/contact_sheet.png
 
 # The web GUI on 127.0.0.1:7860 (flags: python -m bidigen.gui --help).
 gui: $(STAMP)

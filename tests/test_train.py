@@ -357,7 +357,7 @@ def test_loading_a_workdir_builds_no_trainer_and_one_text_encoder(
   gen = sample.Generator(wd)
   assert len(loads) == 1
   assert set(gen.params) == {"unet", "autoencoder", "latent_mean",
-                             "latent_std"}
+                             "latent_std", "residual_rms", "motion_rms"}
 
 
 def write_cache(path: str, value: float, count: int) -> None:
