@@ -78,6 +78,7 @@ train: $(STAMP) malloc
 # The README's picture: make demo's request as a contact sheet (F-8..F+8),
 # copied next to the embedded model.
 contact-sheet: $(STAMP) malloc
+	mkdir -p out
 	$(BIN)/python -m bidigen.main --mode=sample \
 	  --image=bidigen/assets/examples/cat.png \
 	  --prompt="the camera pans to the left over a cat" \
