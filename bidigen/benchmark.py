@@ -345,7 +345,7 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
     sec, _, total = results[8]
     print(f"17 frames: {sec:.2f} s, {total / sec:.1f} GFLOP/s = "
           f"{100 * total / sec / peak:.0f}% of peak ({steps} "
-          f"{cfg.sample.get('solver', 'ddim')} steps, guidance {guidance:g})")
+          f"{cfg.sample.solver} steps, guidance {guidance:g})")
   if not (compiles and 8 in results):
     return
   if guidance == 1:

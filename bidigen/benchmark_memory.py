@@ -159,8 +159,8 @@ def main(argv) -> None:
   temp = two["temp"] - one["temp"]
   fixed = one["temp"] - temp
   gib = 2**30
-  dtype = config.model.get("dtype", "float32")
-  policy = config.model.get("remat", "none")
+  dtype = config.model.dtype
+  policy = config.model.remat
   print(f"per example ({dtype}, remat {policy}): {flops / 1e12:.2f} TFLOP; "
         f"XLA:CPU's temporaries {temp / gib:.2f} GiB an example, fixed "
         f"{fixed / gib:.2f} GiB")

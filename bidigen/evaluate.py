@@ -327,7 +327,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   if centre < window - 1:
     raise ValueError(f"clips of {n_frames} frames are too short to evaluate a "
                      f"{window}-frame window both ways")
-  solver = ev.get("solver") or mcfg.sample.get("solver", "ddim")
+  solver = ev.get("solver") or mcfg.sample.solver
   runner = Evaluator(gen, ev.batch_size, steps, guidance, solver)
   s = ev.samples_per_clip
   captions = [str(c["caption"]) for c in clips]

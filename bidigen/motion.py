@@ -107,13 +107,12 @@ def from_model(x, anchor, *, target: str, residual_rms, motion_rms):
 
 def scales(model_config) -> dict:
   """The target and its normalisers from a model's config, as arrays."""
-  target = model_config.get("target", "latent")
+  target = model_config.target
   check_target(target)
   if target == "latent":
     return {"residual_rms": np.ones((), np.float32),
             "motion_rms": np.ones((), np.float32)}
-  rms, mrms = (model_config.get("residual_rms"),
-               model_config.get("motion_rms"))
+  rms, mrms = model_config.residual_rms, model_config.motion_rms
   if rms is None or (target == "motion" and mrms is None):
     raise ValueError("the config has no residual statistics "
                      "(config.model.residual_rms/motion_rms): training sets "

@@ -66,7 +66,7 @@ class Generator:
     self.encoder = text.load_text_encoder(mt.kind, mt.path, mt.max_length)
     self.params = jax.device_put(self.params,
                                  sharding.replicated(self.mesh))
-    self.target = self.config.model.get("target", "latent")
+    self.target = self.config.model.target
     self._compiled = {}
 
   def known_motion(self, frames: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ class Generator:
     steps = self.config.sample.steps if steps is None else steps
     # An unknown solver is refused by diffusion.denoise_window, naming
     # the known ones.
-    solver = solver or self.config.sample.get("solver", "ddim")
+    solver = solver or self.config.sample.solver
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
     check_settings(frames_before, frames_after, steps, guidance, seed)
@@ -255,7 +255,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
             "motion_strength": motion_strength,
             "frames_before": before, "frames_after": after,
             "steps": steps or gen.config.sample.steps,
-            "solver": solver or gen.config.sample.get("solver", "ddim"),
+            "solver": solver or gen.config.sample.solver,
             "guidance": (gen.config.sample.guidance if guidance is None
                          else guidance),
             "checkpoint": checkpoint or "embedded default model"})

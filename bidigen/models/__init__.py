@@ -17,10 +17,10 @@ def build(model_config) -> UNet:
               attention_levels=tuple(model_config.unet.attention_levels),
               num_heads=model_config.unet.num_heads,
               max_offset=model_config.unet.max_offset,
-              dtype=jnp.dtype(model_config.get("dtype", "float32")),
-              remat=model_config.get("remat", "none"),
-              attention=model_config.get("attention", "auto"),
-              pooled_text=bool(model_config.get("pooled_text", False)))
+              dtype=jnp.dtype(model_config.dtype),
+              remat=model_config.remat,
+              attention=model_config.attention,
+              pooled_text=model_config.pooled_text)
 
 
 def latent_shape(resolution: int) -> tuple[int, int, int]:
