@@ -490,7 +490,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
                                     **means)) + "\n")
           print(f"step {done}/{cfg.num_steps} loss {means['loss']:.4f}  "
                 f"{rate:.2f} steps/s  data wait {wait_ms:.0f} ms/step  ETA "
-                f"{time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+                f"{time.strftime('%H:%M:%S', time.gmtime(eta))}"
+                f"{f' (+{int(eta // 86400)} days)' if eta >= 86400 else ''}",
+                flush=True)
       if stop or done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
         save(done)
       if stop:
