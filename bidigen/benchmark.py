@@ -361,16 +361,18 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
 
 
 def designs(config, checkpoint, repeats):
-  """The model that generates motion and a correction against one that
-  generates whole frames (the design before it), in the same run: train
-  steps per second at equal batch, and seconds for 17 and 65 frames. The
-  frame design samples with the same UNet and random weights (time does
-  not depend on them); the motion design also runs OpenCV's flow on its
-  known frames and decodes twice per frame."""
+  """The embedded model's design (what ``config.model.target`` it
+  generates) against whole frames, the design before it, in the same run:
+  train steps per second at equal batch, and seconds for 17 and 65 frames.
+  Whole frames sample with the same UNet and random weights (time does not
+  depend on them); the other targets also decode F0's reference once more
+  per frame (and run OpenCV's flow on known frames, for "motion")."""
   import copy
   from bidigen import media, models, sample, sharding, train
+  gen = sample.Generator(checkpoint)
+  targets = ("latent", gen.target)
   steps = {}
-  for target in ("latent", "motion"):
+  for target in targets:
     cfg, mesh = train_setup(config)
     cfg.model.target = target
     trainer = train.Trainer(cfg, mesh, text_dim=384)
@@ -381,38 +383,35 @@ def designs(config, checkpoint, repeats):
       holder["state"], m = trainer.step(holder["state"], batch, key)
       return m
     steps[target] = timed(step, repeats)
-  gen = sample.Generator(checkpoint)
   old = copy.copy(gen)
   old.target, old._compiled = "latent", {}
-  cfg = old.config.copy_and_resolve_references()
-  cfg.model.target = "latent"
-  lat = models.latent_shape(gen.resolution)
+  cfg = gen.config
   params = jax.jit(lambda k: train.init_state(
-      k, unet=gen.unet, tx=train.make_optimizer(cfg.train), latent_shape=lat,
-      window=cfg.model.window, text_shape=(cfg.model.text.max_length,
-                                           gen.encoder.dim)).ema)(
-                                               jax.random.key(0))
+      k, unet=gen.unet, tx=train.make_optimizer(cfg.train),
+      latent_shape=models.latent_shape(gen.resolution),
+      window=cfg.model.window,
+      text_shape=(cfg.model.text.max_length, gen.encoder.dim)).ema)(
+          jax.random.key(0))
   old.params = jax.device_put(dict(gen.params, unet=params),
                               sharding.replicated(gen.mesh))
   image = media.load_image(os.path.join(media.EXAMPLES, "cat.png"),
                            gen.resolution)[None]
   secs = {}
-  for name, g in (("latent", old), (gen.target, gen)):
+  for target, g in zip(targets, (old, gen)):
     for side in (8, 32):
       call = lambda: g(image, ["the camera pans to the left over a cat"],
                        frames_before=side, frames_after=side, seed=0)
       call()  # Compiles.
-      secs[name, side] = timed(call, max(1, repeats // 2))
-  print(f"designs (batch {config.train.batch_size} train step; sampling "
-        f"with {checkpoint or 'the embedded model'}, target "
-        f"{gen.target!r}):")
-  print(f"  train step: whole frames {steps['latent']:.3f} s, motion + "
-        f"correction {steps['motion']:.3f} s "
-        f"({steps['latent'] / steps['motion']:.2f}x the steps/s)")
+      secs[target, side] = timed(call, max(1, repeats // 2))
+  a, b = targets
+  model = checkpoint or "the embedded model"
+  print(f"designs: whole frames against {b!r} ({model}'s target)")
+  print(f"  train step, batch {config.train.batch_size}: {steps[a]:.3f} s "
+        f"against {steps[b]:.3f} s ({steps[a] / steps[b]:.2f}x the steps/s)")
   for side in (8, 32):
-    a, b = secs["latent", side], secs[gen.target, side]
-    print(f"  {2 * side + 1} frames: whole frames {a:.2f} s, "
-          f"{gen.target} {b:.2f} s ({a / b:.2f}x as fast)")
+    print(f"  {2 * side + 1} frames: {secs[a, side]:.2f} s against "
+          f"{secs[b, side]:.2f} s ({secs[a, side] / secs[b, side]:.2f}x as "
+          "fast)")
 
 
 def cpu_processes(repeats, what: str, settings):

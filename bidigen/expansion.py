@@ -232,7 +232,7 @@ def model_params(unet_params: dict, model_config, autoencoder=None) -> dict:
 def model_space(params, images, known_motion, target: str):
   """Known frames [B, K, R, R, 3] in [-1, 1] (F0 first) and their motion
   from F0 [B, K, h, w, 2] -> (what the model generates for them, F0's
-  normalised latent, the anchor)."""
+  normalised latent: the anchor)."""
   lats = to_latents(params, images)
   anchor = lats[:, 0]
   return motion.to_model(lats, known_motion, anchor, target=target,
@@ -247,20 +247,22 @@ DECODE_FRAMES = 16
 
 
 def model_frames(params, x, f0, anchor, target: str, strength=1.0):
-  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1],
-  ``DECODE_FRAMES`` at a time (``lax.map``)."""
+  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1], at
+  most ``DECODE_FRAMES`` at a time (``lax.map``), in chunks of equal size
+  so that padding adds less than one frame per chunk (a 9-frame window is
+  one chunk of 9, not 16)."""
   b, t = x.shape[:2]
   n = -(-t // DECODE_FRAMES)
+  size = -(-t // n)
   pad = jnp.concatenate(
-      [x, jnp.zeros((b, n * DECODE_FRAMES - t) + x.shape[2:], x.dtype)], 1)
-  chunks = jnp.moveaxis(pad.reshape((b, n, DECODE_FRAMES) + x.shape[2:]),
-                        1, 0)
+      [x, jnp.zeros((b, n * size - t) + x.shape[2:], x.dtype)], 1)
+  chunks = jnp.moveaxis(pad.reshape((b, n, size) + x.shape[2:]), 1, 0)
   out = jax.lax.map(lambda c: motion.pixels(
       lambda z: to_frames(params, z), c, f0, anchor, target=target,
       residual_rms=params["residual_rms"], motion_rms=params["motion_rms"],
       strength=strength), chunks)
   out = jnp.moveaxis(out, 0, 1)
-  return out.reshape((b, n * DECODE_FRAMES) + out.shape[3:])[:, :t]
+  return out.reshape((b, n * size) + out.shape[3:])[:, :t]
 
 
 def frame_noise(keys, offsets, shape):

@@ -38,13 +38,13 @@ def score(clips: dict, camera: dict) -> dict:
   cam = camera["tasks"]["bidirectional"]["model"]
   lpips = 10 * (copy["lpips"] - model["lpips"])
   fvd = (copy["fvd"] - model["fvd"]) / copy["fvd"]
-  accuracy = float(cam.get("camera_accuracy") or 0.0)
+  accuracy = float(cam["camera_accuracy"])
   return {"lpips": model["lpips"], "lpips_copy_f0": copy["lpips"],
           "fvd": model["fvd"], "fvd_copy_f0": copy["fvd"],
           "psnr": model["psnr"], "psnr_copy_f0": copy["psnr"],
           "psnr_best": model["psnr_best"],
           "camera_accuracy": accuracy,
-          "camera_psnr": camera["tasks"]["bidirectional"]["model"]["psnr"],
+          "camera_psnr": cam["psnr"],
           "score": lpips + fvd + accuracy}
 
 

@@ -370,3 +370,24 @@ def test_fvd_of_a_task_is_the_frechet_distance_of_i3d_features(
                    i3d.fvd_features(variables, shuffled, frames=9))
   assert bad == pytest.approx(direct, rel=1e-4)
   assert bad > 1.0
+
+
+def test_gate_score_weighs_lpips_fvd_and_camera_against_copy_f0():
+  """The gate's fixed formula on hand-made reports: 0.01 LPIPS, 10 % of
+  copy-F0's FVD and 10 % camera accuracy each count 0.1; a report without
+  camera accuracy is an error, not a zero."""
+  import pytest
+  from bidigen import gate
+  row = lambda lpips, fvd, psnr: {"lpips": lpips, "fvd": fvd, "psnr": psnr,
+                                  "psnr_best": psnr + 1}
+  clips = {"tasks": {"bidirectional": {"model": row(0.20, 900.0, 18.0),
+                                       "copy_f0": row(0.19, 1000.0, 19.0)}}}
+  camera = {"tasks": {"bidirectional": {"model": {"camera_accuracy": 0.3,
+                                                  "psnr": 30.0}}}}
+  r = gate.score(clips, camera)
+  assert abs(r["score"] - (-0.1 + 0.1 + 0.3)) < 1e-9
+  assert (r["lpips"], r["fvd_copy_f0"], r["camera_psnr"]) == (0.2, 1000.0,
+                                                               30.0)
+  del camera["tasks"]["bidirectional"]["model"]["camera_accuracy"]
+  with pytest.raises(KeyError):
+    gate.score(clips, camera)

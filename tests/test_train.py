@@ -331,6 +331,9 @@ def test_motion_target_trains_and_samples_with_keyframes(tmp_path, data_dir,
   for out in (a, b):
     np.testing.assert_array_equal(out[:, 4], image)
     np.testing.assert_array_equal(out[:, 7], key)
+  # The strength reaches the compiled program: F0 moved by the generated
+  # motion, or kept in place, gives other frames away from the keyframe.
+  assert np.abs(a[:, 0].astype(int) - b[:, 0]).mean() > 0.5
   with pytest.raises(ValueError, match="motion_strength"):
     run(3.0)
   config.train.mirror_prob = 0.5  # Mirrored clips need their own latents.
