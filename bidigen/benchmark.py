@@ -390,7 +390,7 @@ def designs(config, checkpoint, repeats):
       k, unet=gen.unet, tx=train.make_optimizer(cfg.train),
       latent_shape=models.latent_shape(gen.resolution),
       window=cfg.model.window,
-      text_shape=(cfg.model.text.max_length, gen.encoder.dim)).ema)(
+      text_shape=(cfg.model.text.max_length, gen.encoder.dim)).params)(
           jax.random.key(0))
   old.params = jax.device_put(dict(gen.params, unet=params),
                               sharding.replicated(gen.mesh))

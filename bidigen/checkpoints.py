@@ -61,13 +61,14 @@ def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
   return (np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
-def restore_for_sampling(workdir: str):
-  """(config, sampling params) from the latest checkpoint of a workdir.
+def restore_for_sampling(workdir: str, ema: int = 0):
+  """(config, sampling params) from the latest checkpoint of a workdir: the
+  weights of its ``ema``-th average (``config.train.ema_decays``).
 
   Reads the state's structure from the checkpoint's metadata, with no
   trainer, optimizer or text encoder to rebuild it, onto this process's
   first device: a run trained on 8 devices (or a pod) samples on one.
-  Keeps only the EMA weights.
+  Keeps only those EMA weights.
   """
   mngr = manager(workdir)
   step = mngr.latest_step()
@@ -81,7 +82,12 @@ def restore_for_sampling(workdir: str):
   restored = mngr.restore(step, args=ocp.args.Composite(
       config=ocp.args.JsonRestore(), state=ocp.args.StandardRestore(target)))
   config = ml_collections.ConfigDict(restored["config"])
-  return config, {"unet": jax.tree.map(np.asarray, restored["state"]["ema"])}
+  emas = restored["state"]["ema"]
+  if not 0 <= ema < len(emas):
+    raise ValueError(f"--ema={ema}: {workdir} keeps {len(emas)} EMAs "
+                     f"(config.train.ema_decays="
+                     f"{tuple(config.train.ema_decays)})")
+  return config, {"unet": jax.tree.map(np.asarray, emas[ema])}
 
 
 EXPORT_DTYPES = ("float32", "float16")

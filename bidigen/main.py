@@ -80,6 +80,10 @@ flags.DEFINE_float("motion_strength", 1.0, "sample: scales the motion a "
                    "model with config.model.target=motion generates (0 "
                    "keeps F0 in place, 1 is the model's own, up to 2).",
                    lower_bound=0, upper_bound=2)
+flags.DEFINE_integer("ema", 0, "export: which of the run's EMAs "
+                     "(config.train.ema_decays, from 0) to export; the gate "
+                     "scores an export of each on held-out data.",
+                     lower_bound=0)
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"],
                   "export: the weights' storage type; float16 halves the "
                   "folder and is widened to float32 on load.")
@@ -165,11 +169,12 @@ def export(config) -> None:
   del config  # The checkpoint's own.
   from bidigen import checkpoints, media
   media.check_folder(FLAGS.output, overwrite=FLAGS.overwrite)
-  cfg, params = checkpoints.restore_for_sampling(FLAGS.workdir)
+  cfg, params = checkpoints.restore_for_sampling(FLAGS.workdir, FLAGS.ema)
   checkpoints.export_model(params, cfg, FLAGS.output,
                            overwrite=FLAGS.overwrite,
                            dtype=FLAGS.export_dtype)
-  print(f"exported {FLAGS.workdir} to {FLAGS.output}")
+  print(f"exported {FLAGS.workdir} (EMA decay "
+        f"{cfg.train.ema_decays[FLAGS.ema]}) to {FLAGS.output}")
 
 
 def main(argv) -> None:

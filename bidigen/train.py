@@ -41,7 +41,10 @@ class TrainState:
   step: jax.Array
   params: dict        # The UNet's, boxed with logical axes until sharded.
   opt_state: dict
-  ema: dict           # EMA of the params: what sampling uses.
+  # EMAs of the params, one per config.train.ema_decays: the first is what
+  # a workdir samples with; export --ema picks another after the gate has
+  # scored each on held-out data.
+  ema: tuple
 
 
 SCHEDULES = ("constant", "cosine")
@@ -69,7 +72,7 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def init_state(rng, *, unet, tx, latent_shape, window, text_shape,
-               target="latent"):
+               target="latent", num_emas=1):
   b = 1
   x_shape = latent_shape[:2] + (motion.channels(target, latent_shape[2]),)
   params = unet.init(
@@ -78,7 +81,7 @@ def init_state(rng, *, unet, tx, latent_shape, window, text_shape,
       jnp.zeros((b, window)), jnp.zeros((b,) + text_shape),
       jnp.ones((b, text_shape[0])))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), ema=params)
+                    opt_state=tx.init(params), ema=(params,) * num_emas)
 
 
 def augment(batch: dict, rng, *, mirror_prob: float, reverse_prob: float):
@@ -119,7 +122,7 @@ def augment(batch: dict, rng, *, mirror_prob: float, reverse_prob: float):
 
 
 def train_step(state, batch, rng, *, unet, tx, window, max_context,
-               ema_decay, latent_mean, latent_std, task_probs,
+               ema_decays, latent_mean, latent_std, task_probs,
                residual_rms=1.0, motion_rms=1.0, target="latent",
                flow_weight=0.0, min_snr=0.0, noise_levels="uniform",
                mirror_prob=0.0, reverse_prob=0.0):
@@ -159,12 +162,16 @@ def train_step(state, batch, rng, *, unet, tx, window, max_context,
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  # Warm-up by this run's own step: the EMA follows the weights closely
-  # while they move fast, then averages over ~1 / (1 - ema_decay) steps.
+  # Warm-up by this run's own step: each EMA follows the weights closely
+  # while they move fast (over about the last tenth of the run), then
+  # averages over ~1 / (1 - decay) steps, so two decays part only after
+  # ~10 / (1 - the smaller) steps (9,000 for 0.999).
   n = (state.step + 1).astype(jnp.float32)
-  decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
-  ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema,
-                     params)
+
+  def average(ema, decay):
+    decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+  ema = tuple(average(e, d) for e, d in zip(state.ema, ema_decays))
   state = state.replace(step=state.step + 1, params=params,
                         opt_state=opt_state, ema=ema)
   return state, dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -186,7 +193,8 @@ class Trainer:
         init_state, unet=self.unet, tx=self.tx,
         latent_shape=models.latent_shape(config.data.resolution),
         window=config.model.window,
-        text_shape=(config.model.text.max_length, text_dim), target=target)
+        text_shape=(config.model.text.max_length, text_dim), target=target,
+        num_emas=len(cfg.ema_decays))
     # Parameters carry logical axis names only until their shardings are
     # known; the state itself holds plain arrays.
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -201,7 +209,8 @@ class Trainer:
                         out_shardings=self.state_sharding)
     self.step_fn = functools.partial(
         train_step, unet=self.unet, tx=self.tx, window=config.model.window,
-        max_context=config.model.context_frames, ema_decay=cfg.ema_decay,
+        max_context=config.model.context_frames,
+        ema_decays=tuple(float(d) for d in cfg.ema_decays),
         latent_mean=mean, latent_std=std, target=target,
         **motion.scales(config.model), **loss_options(cfg))
     self.step = jax.jit(
@@ -256,6 +265,9 @@ def validate(config, mesh=None) -> None:
     raise ValueError(f"config.train.task_probs must be {len(diffusion.TASKS)} "
                      f"non-negative numbers summing to 1 (for "
                      f"{', '.join(diffusion.TASKS)}), got {probs}")
+  if not cfg.ema_decays or not all(0 <= d < 1 for d in cfg.ema_decays):
+    raise ValueError("config.train.ema_decays must be one or more decays in "
+                     f"[0, 1), got {tuple(cfg.ema_decays)}")
   for key in ("flow_weight", "min_snr"):
     if not opts[key] >= 0:
       raise ValueError(f"config.train.{key} must be >= 0, got {opts[key]}")
@@ -323,8 +335,8 @@ def with_latent_stats(config, meta: dict) -> ml_collections.ConfigDict:
 
 
 def warm_start(trainer: Trainer, rng, path: str) -> TrainState:
-  """A state initialised from an exported model's weights (its EMA as both
-  params and EMA), with fresh optimizer moments and this run's schedule from
+  """A state initialised from an exported model's weights (its EMA as the
+  params and every EMA), with fresh optimizer moments and this run's schedule from
   step 0. This is how a model keeps training when only its export was kept.
   A model of another architecture is refused before anything compiles."""
   _, loaded = checkpoints.load_model(path)
@@ -335,7 +347,8 @@ def warm_start(trainer: Trainer, rng, path: str) -> TrainState:
   state = trainer.init(rng)
   shard = trainer.state_sharding
   return state.replace(params=jax.device_put(loaded["unet"], shard.params),
-                       ema=jax.device_put(loaded["unet"], shard.ema))
+                       ema=tuple(jax.device_put(loaded["unet"], s)
+                                 for s in shard.ema))
 
 
 class _Writer:

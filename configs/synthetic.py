@@ -89,7 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_steps=2 if tiny else 300,
       weight_decay=0.01,
       grad_clip=1.0,
-      ema_decay=0.999,
+      # The EMAs kept (bidigen.train.train_step): the first is what a
+      # workdir samples with; the gate scores an export of each.
+      ema_decays=(0.999, 0.9999),
       text_dropout=0.1,
       # How often each masking task is drawn (bidigen.diffusion.TASKS):
       # f0_only (only F0 known, the task that learns motion from text),

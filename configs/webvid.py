@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.text.path = ml_collections.config_dict.placeholder(str)
   c.train.update(
       num_steps=250_000, batch_size=256, learning_rate=1e-4,
-      warmup_steps=5_000, ema_decay=0.9999, log_every=100,
+      warmup_steps=5_000, ema_decays=(0.9999, 0.99995), log_every=100,
       checkpoint_every=2_000)
   # Steps: synthetic's 8 DPM-Solver++(2M), which matched 25 DDIM steps on
   # held-out real clips (the model card; it was 50 here, 6x the

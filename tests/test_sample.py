@@ -85,7 +85,7 @@ def setup(tiny_config):
       k, unet=unet, tx=train.make_optimizer(config.train),
       latent_shape=(8, 8, 32), window=9, text_shape=(24, 16)))(
           jax.random.key(0))
-  leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, state.ema))
+  leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, state.params))
   keys = jax.random.split(jax.random.key(1), len(leaves))
   params = expansion.model_params(jax.tree.unflatten(tree, [
       l + 0.02 * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)]),

@@ -58,6 +58,13 @@ def test_cli_train_checkpoint_sample_export(tmp_path, tiny_run):
   np.testing.assert_allclose(cfg.model.latent_std, meta["latent_std"],
                              atol=1e-5)
   assert set(params) == {"unet"}
+  # The second EMA (config.train.ema_decays[1]) is kept too; asking for a
+  # third is a one-line error.
+  assert len(cfg.train.ema_decays) == 2
+  _, second = checkpoints.restore_for_sampling(wd, ema=1)
+  assert jax.tree.structure(second) == jax.tree.structure(params)
+  with pytest.raises(ValueError, match="--ema=2: .* keeps 2 EMAs"):
+    checkpoints.restore_for_sampling(wd, ema=2)
 
   image = os.path.join(str(tmp_path), "f0.png")
   iio.imwrite(image, np.random.default_rng(0).integers(
@@ -181,16 +188,19 @@ def test_one_compiled_step_learns_one_batch_and_updates_the_ema(
   """The train state is the UNet's alone, and its step compiles once.
   Overfitting one fixed batch (same clips, windows and noise at every step)
   must bring the loss down by a clear margin, and the EMA must follow the
-  UNet's params by its documented decay, warmed up from this run's step 0."""
+  UNet's params by its documented decay, warmed up from this run's step 0;
+  each of two EMAs by its own decay."""
   config = with_stats(tiny_config)
   # num_steps sets the schedule's decay. Measured: 0.993 -> 0.714 in 48
   # steps (1e-2 diverges to ~0.98; without the update it stays at 0.993).
-  config.train.update(dict(num_steps=48, warmup_steps=1, learning_rate=3e-3))
+  config.train.update(dict(num_steps=48, warmup_steps=1, learning_rate=3e-3,
+                           ema_decays=(0.999, 0.5)))
   mesh = sharding.make_mesh(config.mesh.axes)
   trainer = train.Trainer(config, mesh, text_dim=16)
   state = trainer.init(jax.random.key(0))
   assert set(vars(state)) == {"step", "params", "opt_state", "ema"}
-  ema0 = jax.device_get(state.ema)
+  assert len(state.ema) == 2
+  ema0 = jax.device_get(state.ema[0])
   rng = np.random.default_rng(0)
   blocks = np.kron(rng.normal(size=(8, 4, 4, 32)), np.ones((1, 2, 2, 1)))
   lat = np.stack([np.roll(blocks, t, axis=2) for t in range(17)], 1)
@@ -203,28 +213,32 @@ def test_one_compiled_step_learns_one_batch_and_updates_the_ema(
     before = jax.device_get((state.step, state.ema))
     state, metrics = trainer.step(state, batch, jax.random.key(1))
     losses.append(float(metrics["loss"]))
-    if i == 0:  # Step 1: decay min(ema_decay, 2/11), not ema_decay.
+    if i == 0:  # Step 1: decay min(decay, 2/11) for both EMAs.
       p1, ema1 = jax.device_get((state.params, state.ema))
-      for e0, e1, p in zip(*map(jax.tree.leaves, (ema0, ema1, p1))):
-        np.testing.assert_allclose(e1, 2 / 11 * e0 + 9 / 11 * p, rtol=1e-5,
-                                   atol=1e-6)
+      for e1 in ema1:
+        for e0, e, p in zip(*map(jax.tree.leaves, (ema0, e1, p1))):
+          np.testing.assert_allclose(e, 2 / 11 * e0 + 9 / 11 * p, rtol=1e-5,
+                                     atol=1e-6)
   assert losses[-1] < 0.8 * losses[0], losses
   assert int(state.step) == 48
   assert trainer.step._cache_size() == 1
 
-  # The last step's EMA update, exactly; and over the run the EMA has moved
-  # from the initial weights most of the way to the trained ones.
+  # The last step's update of each EMA, exactly, by its own decay; and over
+  # the run the EMA has moved from the initial weights most of the way to
+  # the trained ones, the faster one (0.5) further.
   n = int(before[0]) + 1
-  decay = min(config.train.ema_decay, (1 + n) / (10 + n))
-  params, ema = jax.device_get((state.params, state.ema))
+  params, emas = jax.device_get((state.params, state.ema))
   moved = [not np.array_equal(a, b) for a, b in
            zip(jax.tree.leaves(ema0), jax.tree.leaves(params))]
   assert sum(moved) > 0.5 * len(moved)  # Zero-initialised outputs gate some.
-  for e, prev, p in zip(*map(jax.tree.leaves, (ema, before[1], params))):
-    np.testing.assert_allclose(e, decay * prev + (1 - decay) * p, atol=1e-6)
+  for ema, prev, d in zip(emas, before[1], config.train.ema_decays):
+    decay = min(d, (1 + n) / (10 + n))
+    for e, e0, p in zip(*map(jax.tree.leaves, (ema, prev, params))):
+      np.testing.assert_allclose(e, decay * e0 + (1 - decay) * p, atol=1e-6)
   dist = lambda a, b: np.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(
       jax.tree.leaves(a), jax.tree.leaves(b))))
-  assert dist(ema, params) < 0.5 * dist(ema0, params)
+  assert dist(emas[0], params) < 0.5 * dist(ema0, params)
+  assert dist(emas[1], params) < 0.5 * dist(emas[0], params)
 
 
 def test_nan_loss_stops_the_run(tmp_path, data_dir, tiny_config):
@@ -267,7 +281,7 @@ def test_warm_start_from_an_exported_model(tmp_path, straight_run):
   state = train.warm_start(trainer, jax.random.key(5), exported)
   assert int(state.step) == 0
   for a, b, c in zip(jax.tree.leaves(state.params),
-                     jax.tree.leaves(state.ema),
+                     jax.tree.leaves(state.ema[-1]),
                      jax.tree.leaves(params["unet"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
