@@ -54,15 +54,15 @@ def window_tasks(window: int, context: int) -> dict:
 
 
 def complete(params, frames, frame_motion, keys, text, text_mask, null,
-             null_mask, offsets, known, guidance, *, unet, steps,
-             solver="ddim", target="latent"):
+             null_mask, offsets, known, guidance, strength=1.0, *, unet,
+             steps, solver="ddim", target="latent"):
   """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1]).
 
   offsets [W] (F0's among them) and known [W] (1 where the frame is given)
   are arguments, not constants: every task's window, whatever frames it
   knows, runs through one compiled program. frame_motion [B, W, h, w, 2]:
   each frame's motion from F0 (used for the known frames of a "motion"
-  model)."""
+  model); ``strength`` scales the motion it generates."""
   b, w = frames.shape[:2]
   i0 = jnp.argmax(offsets == 0)
   order = jnp.concatenate([i0[None], jnp.arange(w)])  # F0 first.
@@ -76,7 +76,8 @@ def complete(params, frames, frame_motion, keys, text, text_mask, null,
       expansion.frame_noise(keys, offs, x.shape[2:]),
       x, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
       guidance=guidance, solver=solver)
-  dec = expansion.model_frames(params, out, frames[:, i0], anchor, target)
+  dec = expansion.model_frames(params, out, frames[:, i0], anchor, target,
+                               strength)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
 
@@ -129,9 +130,9 @@ class Evaluator:
   """Runs windows through a loaded model in fixed-size batches."""
 
   def __init__(self, gen: sample.Generator, batch: int, steps: int,
-               guidance: float, solver: str = "ddim"):
+               guidance: float, solver: str = "ddim", strength: float = 1.0):
     self.gen, self.batch, self.steps, self.guidance = gen, batch, steps, guidance
-    self.solver = solver
+    self.solver, self.strength = solver, strength
     self._fn = None
 
   def run(self, windows, prompts, seeds, offsets, known, label=""):
@@ -144,7 +145,7 @@ class Evaluator:
           target=self.gen.target))
     task = (np.asarray(offsets, np.int32),
             np.asarray([o in known for o in offsets], np.float32),
-            np.float32(self.guidance))
+            np.float32(self.guidance), np.float32(self.strength))
     enc = self.gen.encoder
     null, null_mask = enc.encode([""] * self.batch)
     out = []
@@ -182,6 +183,7 @@ class Evaluator:
                           frames_after=after, steps=self.steps,
                           guidance=self.guidance, keys=keys,
                           solver=self.solver, loop=loop,
+                          motion_strength=self.strength,
                           keyframes={o: pad(k[i:i + n])
                                      for o, k in keyframes.items()})[:n])
       print(f"  {label}: {i + n}/{len(frames0)} rollouts", flush=True)
@@ -328,7 +330,11 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
     raise ValueError(f"clips of {n_frames} frames are too short to evaluate a "
                      f"{window}-frame window both ways")
   solver = ev.get("solver") or mcfg.sample.solver
-  runner = Evaluator(gen, ev.batch_size, steps, guidance, solver)
+  strength = ev.motion_strength
+  if not 0 <= strength <= sample.MAX_MOTION_STRENGTH:
+    raise ValueError(f"config.eval.motion_strength must be in [0, "
+                     f"{sample.MAX_MOTION_STRENGTH:g}], got {strength}")
+  runner = Evaluator(gen, ev.batch_size, steps, guidance, solver, strength)
   s = ev.samples_per_clip
   captions = [str(c["caption"]) for c in clips]
   seeds = [config.seed * 100_003 + i for i in range(len(clips) * s)]
@@ -350,7 +356,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
 
   report = {"checkpoint": checkpoint or "embedded default model",
             "num_clips": len(clips), "samples_per_clip": s, "steps": steps,
-            "guidance": guidance, "solver": solver, "tasks": {}}
+            "guidance": guidance, "solver": solver,
+            "motion_strength": strength, "tasks": {}}
   sheets = {}
   for name, (offsets, known) in window_tasks(window, context).items():
     if name not in tasks:
@@ -495,12 +502,14 @@ def _write(workdir, report, sheets, num_sheets):
   cols = ["psnr", "psnr_best", "ssim", "ssim_best", "lpips", "lpips_best",
           "warp_error",
           "flow_epe", "seam_ratio", "direction_accuracy",
-          "position_error_px", "camera_accuracy", "classifier_frechet", "fvd",
+          "position_error_px", "camera_accuracy", "camera_speed",
+          "classifier_frechet", "fvd",
           "sharpness", "colour_drift", "psnr_drop", "loop_seam"]
   md = [f"# bidigen evaluation: {report['checkpoint']}", "",
         f"{report['num_clips']} test clips x {report['samples_per_clip']} "
         f"samples, {report['steps']} {report['solver']} steps, guidance "
-        f"{report['guidance']}, {report['seconds']} s.", ""]
+        f"{report['guidance']}, motion strength {report['motion_strength']}, "
+        f"{report['seconds']} s.", ""]
   for task, rows in report["tasks"].items():
     used = [c for c in cols if any(r.get(c) is not None for r in rows.values())]
     md += [f"## {task}", "", _table(rows, used), ""]

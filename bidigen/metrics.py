@@ -247,20 +247,34 @@ def direction_correct(track: np.ndarray, direction: str,
                                             + move[1] * UNIT[direction][0])
 
 
+def camera_speed(frames_a: np.ndarray, frames_b: np.ndarray) -> float:
+  """How far the camera moved a -> b, in px: the length of the pan, zoom
+  and roll that ``camera_scores`` reads, together."""
+  s = camera_scores(flow(frames_a, frames_b))
+  return float(np.hypot(np.hypot(s["pan_left"], s["pan_up"]),
+                        np.hypot(s["zoom_in"], s["rotate_ccw"])))
+
+
 def camera_adherence(gen, offsets, clips) -> dict:
   """Camera-motion photo clips: the motion read from the generated frames'
   flow (first -> last, pans, zooms, rolls and their combinations) against
-  the one the stored camera parameters give over the same frames."""
+  the one the stored camera parameters give over the same frames; and how
+  fast, as the mean camera speed of the generated frames over the true
+  frames' (1: as fast as the truth; what a motion strength should scale)."""
   from bidigen.data import camera  # pylint: disable=import-outside-toplevel
   res = gen.shape[-2]
   centre = clips[0]["video"].shape[0] // 2
   a, b = centre + offsets[0], centre + offsets[-1]
-  hits = []
+  hits, speeds, true_speeds = [], [], []
   for ex, per in zip(clips, gen):
     want = camera.motion_class(np.asarray(ex["camera"]), res, a, b)
     hits += [camera_class(x[0], x[-1], combined=True) == want
              for x in per]
-  return {"camera_accuracy": float(np.mean(hits))}
+    speeds += [camera_speed(x[0], x[-1]) for x in per]
+    true_speeds.append(camera_speed(ex["video"][a], ex["video"][b]))
+  return {"camera_accuracy": float(np.mean(hits)),
+          "camera_speed": float(np.mean(speeds)
+                                / max(np.mean(true_speeds), 1e-6))}
 
 
 def object_adherence(gen, truth, offsets, clips) -> dict:

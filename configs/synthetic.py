@@ -140,6 +140,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=ml_collections.config_dict.placeholder(int),
       guidance=ml_collections.config_dict.placeholder(float),
       solver=ml_collections.config_dict.placeholder(str),
+      # Scales a "motion" model's generated motion (sample --motion_strength);
+      # camera_speed in the report shows whether the camera follows it.
+      motion_strength=1.0,
       num_sheets=2 if tiny else 4,
       classifier_steps=10 if tiny else 600,
       # LPIPS network: "alexnet" (what papers report), "vgg16", a VGG16 .npz

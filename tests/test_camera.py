@@ -345,8 +345,14 @@ def test_evaluation_scores_camera_adherence(builder):
   assert score["camera_accuracy"] == pytest.approx(
       np.mean([r == w for r, w in zip(read, want)]))
   assert score["camera_accuracy"] >= 0.75, list(zip(read, want))
+  assert score["camera_speed"] == pytest.approx(1.0)  # The truth's own.
   still = np.repeat(truth[:, 4:5], 9, 1)[:, None]
-  assert metrics.camera_adherence(still, offsets, clips)[
-      "camera_accuracy"] == pytest.approx(np.mean([w == "static"
-                                                   for w in want]))
+  held = metrics.camera_adherence(still, offsets, clips)
+  assert held["camera_accuracy"] == pytest.approx(np.mean([w == "static"
+                                                           for w in want]))
+  assert held["camera_speed"] < 0.05
+  # The first half of each clip's motion (F-4..F0): about half the speed.
+  half = np.concatenate([truth[:, :5], np.repeat(truth[:, 4:5], 4, 1)], 1)
+  assert 0.3 < metrics.camera_adherence(half[:, None], offsets, clips)[
+      "camera_speed"] < 0.7
   assert any(w != "static" for w in want)
