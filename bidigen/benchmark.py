@@ -1,6 +1,7 @@
 """Speed figures on this machine, next to its own measured matmul peak.
 
   python -m bidigen.benchmark [--config=configs/synthetic.py] [--repeats=5]
+      [--sections=designs,...]
 
 Prints: peak float32 matmul GFLOP/s (the best of 20 jitted 2048x2048 a @ b);
 TAEF2's encoder and decoder in ms per frame at 128 and 256 px; the train
@@ -55,6 +56,10 @@ flags.DEFINE_string("checkpoint", None, "Model to sample with; default: the "
 flags.DEFINE_bool("convolution_run", False, "Only the peak, the train "
                   "step and 17-frame sampling: what each process of the CPU "
                   "comparisons (convolutions, allocators) runs.")
+SECTIONS = ("autoencoder", "train_step", "sampling", "designs", "cpu")
+flags.DEFINE_list("sections", list(SECTIONS), "CPU: which sections to run "
+                  "after the matmul peak (autoencoder, train_step, sampling, "
+                  "designs, cpu: the convolution and allocator processes).")
 flags.DEFINE_bool("accelerator", False, "Run the accelerator section "
                   "(bf16 peak, train-step variants and MFU) even on a CPU; "
                   "on a GPU or TPU it is what runs.")
@@ -561,11 +566,20 @@ def main(argv):
     sampling(FLAGS.checkpoint, FLAGS.repeats, peak, sides=(8,),
              compiles=False)
     return
-  autoencoder(FLAGS.repeats)
-  train_step(FLAGS.config, FLAGS.repeats, peak)
-  sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
-  designs(FLAGS.config, FLAGS.checkpoint, FLAGS.repeats)
-  if jax.default_backend() == "cpu":
+  unknown = [s for s in FLAGS.sections if s not in SECTIONS]
+  if unknown:
+    raise app.UsageError(f"--sections: {', '.join(unknown)} unknown; known: "
+                         f"{', '.join(SECTIONS)}")
+  run = lambda name: name in FLAGS.sections
+  if run("autoencoder"):
+    autoencoder(FLAGS.repeats)
+  if run("train_step"):
+    train_step(FLAGS.config, FLAGS.repeats, peak)
+  if run("sampling"):
+    sampling(FLAGS.checkpoint, FLAGS.repeats, peak)
+  if run("designs"):
+    designs(FLAGS.config, FLAGS.checkpoint, FLAGS.repeats)
+  if run("cpu") and jax.default_backend() == "cpu":
     cpu_convolutions(FLAGS.repeats)
     cpu_allocators(FLAGS.repeats)
 
