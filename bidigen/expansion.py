@@ -317,18 +317,25 @@ def fill_latents(unet_params, buffer, known, anchor, keys, text, text_mask,
 def generate(params, images, known_motion, known_pos, known, keys, text,
              text_mask, null_text, null_mask, windows: Windows, guidance,
              strength=1.0, *, unet, steps: int, use_scan: bool = True,
-             solver: str = "ddim", target: str = "latent"):
+             solver: str = "ddim", target: str = "latent",
+             resolution: int | None = None):
   """Frames from the known ones: what every request compiles to.
 
-  images [B, K, H, W, 3] in [-1, 1] are the known frames, F0 first (padding
+  images [B, K, H, H, 3] in [-1, 1] are the known frames, F0 first (padding
   repeats F0), at buffer positions known_pos [K], with their motion from F0
   known_motion [B, K, h, w, 2] (``target`` "motion" only; zeros otherwise);
   known [2S + 1] marks them. ``strength`` scales the generated motion.
-  Returns uint8 frames [B, 2S + 1, H, W, 3], F0 at S, the known frames
-  exactly the images given.
+  Returns uint8 frames [B, 2S + 1, H, H, 3], F0 at S, the known frames
+  exactly the images given. Images larger than the model's ``resolution``
+  are shrunk for the model, and the frames come out at their size
+  (``motion.pixels``).
   """
   b, k = images.shape[:2]
-  xs, anchor = model_space(params, images, known_motion, target)
+  small = images
+  if resolution is not None and images.shape[-2] != resolution:
+    small = jax.image.resize(
+        images, images.shape[:-3] + (resolution, resolution, 3), "lanczos3")
+  xs, anchor = model_space(params, small, known_motion, target)
   buffer = jnp.zeros((b, known.shape[0]) + xs.shape[2:], xs.dtype)
   buffer = buffer.at[:, known_pos].set(xs)
   buffer = fill_latents(params["unet"], buffer, known, anchor, keys, text,
@@ -341,7 +348,8 @@ def generate(params, images, known_motion, known_pos, known, keys, text,
 
 
 def make_program(mesh, *, unet, batch: int, steps: int, solver: str = "ddim",
-                 use_scan: bool = True, target: str = "latent"):
+                 use_scan: bool = True, target: str = "latent",
+                 resolution: int | None = None):
   """``generate`` jitted once: samples split over the mesh when they
   divide evenly, everything else replicated. The plan, the known frames,
   the guidance scale and the motion strength are arguments, so requests
@@ -356,7 +364,7 @@ def make_program(mesh, *, unet, batch: int, steps: int, solver: str = "ddim",
     return generate(params, images, known_motion, known_pos, known, keys,
                     text, text_mask, null_text, null_mask, windows, g,
                     strength, unet=unet, steps=steps, use_scan=use_scan,
-                    solver=solver, target=target)
+                    solver=solver, target=target, resolution=resolution)
   return jax.jit(fn, in_shardings=(rep, data, data, rep, rep) + (data,) * 5
                  + (rep, rep, rep), out_shardings=data)
 

@@ -84,6 +84,12 @@ flags.DEFINE_integer("ema", 0, "export: which of the run's EMAs "
                      "(config.train.ema_decays, from 0) to export; the gate "
                      "scores an export of each on held-out data.",
                      lower_bound=0)
+flags.DEFINE_integer("output_resolution", None, "sample: the frames' size "
+                     "(the image, keyframes and video are read at it); "
+                     "the model generates at its own resolution and F0 is "
+                     "moved at this one, so still regions keep the photo's "
+                     "detail (default: the model's resolution; at most "
+                     "sample.MAX_OUTPUT_RESOLUTION).", lower_bound=1)
 flags.DEFINE_enum("export_dtype", "float32", ["float32", "float16"],
                   "export: the weights' storage type; float16 halves the "
                   "folder and is widened to float32 on load.")
@@ -149,7 +155,8 @@ def sample(config) -> None:
                  guidance=FLAGS.guidance, steps=FLAGS.steps,
                  solver=FLAGS.solver, video=FLAGS.video,
                  video_frame=FLAGS.video_frame, keyframes=FLAGS.keyframe,
-                 loop=FLAGS.loop, motion_strength=FLAGS.motion_strength)
+                 loop=FLAGS.loop, motion_strength=FLAGS.motion_strength,
+                 output_resolution=FLAGS.output_resolution)
 
 
 def prepare(config) -> None:

@@ -238,6 +238,20 @@ def square_frame(frame, resolution: int) -> np.ndarray:
                               Image.Resampling.BILINEAR, box=box))
 
 
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+  """Square uint8 frames [..., H, H, 3] -> [..., size, size, 3]: Lanczos
+  down (as ``load_image`` resizes), bicubic up (plain upscaling)."""
+  frames = np.asarray(frames)
+  if frames.shape[-2] == size:
+    return frames
+  f = (Image.Resampling.LANCZOS if size < frames.shape[-2]
+       else Image.Resampling.BICUBIC)
+  flat = frames.reshape((-1,) + frames.shape[-3:])
+  out = np.stack([np.asarray(Image.fromarray(x).resize((size, size), f))
+                  for x in flat])
+  return out.reshape(frames.shape[:-3] + out.shape[1:])
+
+
 def load_video(path: str, resolution: int, fps: float,
                max_frames: int) -> np.ndarray:
   """A user's video as frames [N, R, R, 3] at ``fps`` (centre-cropped),

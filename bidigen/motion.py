@@ -124,22 +124,33 @@ def scales(model_config) -> dict:
 
 def pixels(decode, x, f0, anchor, *, target: str, residual_rms, motion_rms,
            strength=1.0):
-  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1].
+  """What the model generated [B, T, h, w, c'] -> frames in [-1, 1], at
+  F0's size.
 
-  ``decode``: normalised latents [..., h, w, c] -> frames in [-1, 1].
-  ``f0`` [B, R, R, 3] in [-1, 1] is the user's frame; ``strength`` scales
-  the motion (0 keeps F0 in place, 1 is what the model generated)."""
+  ``decode``: normalised latents [..., h, w, c] -> frames in [-1, 1] of
+  the model's resolution R. ``f0`` [B, S, S, 3] in [-1, 1] is the user's
+  frame, at R or larger: F0 is moved at its own size and only the decoded
+  correction is upscaled (bilinear), so a frame keeps the photo's detail
+  wherever the correction is small. ``strength`` scales the motion (0 keeps
+  F0 in place, 1 is what the model generated)."""
   kw = dict(target=target, residual_rms=residual_rms, motion_rms=motion_rms)
+  size = f0.shape[-2]
+
+  def up(img):  # Decoded [..., R, R, 3] -> [..., S, S, 3].
+    if img.shape[-2] == size:
+      return img
+    return jax.image.resize(img, img.shape[:-3] + (size, size, 3), "linear")
   if target == "latent":
-    return decode(from_model(x, anchor, **kw)[0])
+    return up(decode(from_model(x, anchor, **kw)[0]))
   a = anchor[:, None]
   if target == "residual":
-    return f0[:, None] + decode(from_model(x, anchor, **kw)[0]) - decode(a)
+    return f0[:, None] + up(decode(from_model(x, anchor, **kw)[0])
+                            - decode(a))
   m = x[..., :MOTION_CHANNELS] * motion_rms * strength
   base = warp(a, m)
   lat = base + x[..., MOTION_CHANNELS:] * residual_rms
-  moved = warp(f0[:, None], upsample_flow(m, f0.shape[-2]))
-  return moved + decode(lat) - decode(base)
+  moved = warp(f0[:, None], upsample_flow(m, size))
+  return moved + up(decode(lat) - decode(base))
 
 
 def pooled_rms(values: list, weights: list[float]) -> list[float]:

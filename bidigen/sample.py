@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from bidigen import expansion
+from bidigen import media
 from bidigen import sharding
 
 # Expansion has no length limit of its own; this keeps one request's frame
@@ -24,6 +25,11 @@ MAX_SEED = 2**31 - 1
 # Beyond twice the model's own motion, frames tear: F0 moved that far has
 # little left to show.
 MAX_MOTION_STRENGTH = 2.0
+# Frames above the model's resolution (the photo's own size): F0 moved at
+# that size plus the upscaled correction. The pixel budget keeps a long
+# request's float32 frames within ~1.6 GB (513 frames at 512 px).
+MAX_OUTPUT_RESOLUTION = 1024
+MAX_OUTPUT_PIXELS = 2049 * 256 * 256
 
 
 def check_settings(frames_before: int, frames_after: int,
@@ -88,10 +94,12 @@ class Generator:
                solver: str | None = None, keyframes=None,
                loop: bool = False, motion_strength: float = 1.0
                ) -> np.ndarray:
-    """uint8 images [B, R, R, 3] -> uint8 frames [B, N + 1 + M, R, R, 3].
+    """uint8 images [B, S, S, 3] -> uint8 frames [B, N + 1 + M, S, S, 3].
 
-    ``keyframes`` {offset: uint8 [B, R, R, 3] or [R, R, 3]}: frames known
-    besides F0 (a user's keyframes, or a video's frames to extend); each
+    S is the model's resolution R, or larger (up to
+    ``MAX_OUTPUT_RESOLUTION``): the model works at R and the frames are F0
+    moved at S plus the correction upscaled. ``keyframes`` {offset: uint8
+    [B, S, S, 3] or [S, S, 3]}: frames known besides F0 (a user's keyframes, or a video's frames to extend); each
     appears exactly at its offset. ``loop``: F+M leads back into F-N.
     ``motion_strength`` scales the motion a "motion" model generates (0
     keeps F0 in place; 1, the default, is the model's own).
@@ -107,10 +115,18 @@ class Generator:
             and 0 <= motion_strength <= MAX_MOTION_STRENGTH):
       raise ValueError(f"motion_strength must be in [0, "
                        f"{MAX_MOTION_STRENGTH:g}], got {motion_strength!r}")
-    r = self.resolution
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (r, r, 3):
-      raise ValueError(f"images must be [B, {r}, {r}, 3], got {images.shape}")
+    r = images.shape[1] if images.ndim == 4 else self.resolution
+    if (images.ndim != 4 or images.shape[1:] != (r, r, 3)
+        or not self.resolution <= r <= MAX_OUTPUT_RESOLUTION):
+      raise ValueError(f"images must be [B, S, S, 3] with S from the model's "
+                       f"{self.resolution} to {MAX_OUTPUT_RESOLUTION}, got "
+                       f"{images.shape}")
+    if (frames_before + frames_after + 1) * r * r > MAX_OUTPUT_PIXELS:
+      raise ValueError(
+          f"{frames_before + frames_after + 1} frames at {r}px are over "
+          f"{MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels in all: ask for fewer "
+          f"frames or a smaller output resolution")
     b = images.shape[0]
     if len(prompts) != b:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
@@ -141,14 +157,15 @@ class Generator:
     if key not in self._compiled:
       self._compiled[key] = expansion.make_program(
           self.mesh, unet=self.unet, batch=b, steps=steps, solver=solver,
-          target=self.target)
+          target=self.target, resolution=self.resolution)
     text, tmask = self.encoder.encode(list(prompts))
     null, null_mask = self.encoder.encode([""] * b)
     keys = expansion.sample_keys(seed, b) if keys is None else keys
     frames_in = np.stack(known, 1)
     x = frames_in.astype(np.float32) / 127.5 - 1.0
     frames = np.asarray(self._compiled[key](
-        self.params, x, self.known_motion(frames_in), pos, mask, keys, text,
+        self.params, x, self.known_motion(media.resize_frames(
+            frames_in, self.resolution)), pos, mask, keys, text,
         tmask, null, null_mask, windows, np.float32(guidance),
         np.float32(motion_strength)))
     return frames[:, side - frames_before:side + frames_after + 1]
@@ -178,13 +195,14 @@ def run(*, image: str | None, prompt: str, frames_before: int,
         guidance: float | None = None, steps: int | None = None,
         solver: str | None = None, video: str | None = None,
         video_frame: int | None = None, keyframes=(), loop: bool = False,
-        motion_strength: float = 1.0, config=None) -> np.ndarray:
+        motion_strength: float = 1.0, output_resolution: int | None = None,
+        config=None) -> np.ndarray:
   """The ``--mode=sample`` command: an image (and keyframes) or a video in,
-  a video or folder out."""
+  a video or folder out, at the model's resolution or ``output_resolution``
+  (the inputs are read at that size)."""
   import os
   import sys
   import time
-  from bidigen import media
   del config  # The model's own config (saved with it) decides everything.
   if image and video:
     raise ValueError("give --image or --video, not both")
@@ -207,10 +225,14 @@ def run(*, image: str | None, prompt: str, frames_before: int,
     media.load_video(video, 8, 1.0, 1)
   t0 = time.time()
   gen = Generator(checkpoint)
+  size = output_resolution or gen.resolution
+  if not gen.resolution <= size <= MAX_OUTPUT_RESOLUTION:
+    raise ValueError(f"--output_resolution={size}: must be from the model's "
+                     f"{gen.resolution} to {MAX_OUTPUT_RESOLUTION}")
   known = {}
   before, after = frames_before, frames_after
   if video:
-    clip = media.load_video(video, gen.resolution, gen.config.sample.fps,
+    clip = media.load_video(video, size, gen.config.sample.fps,
                             MAX_VIDEO_FRAMES)
     i0 = len(clip) // 2 if video_frame is None else video_frame
     if not 0 <= i0 < len(clip):
@@ -221,7 +243,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
     before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
     check_settings(before, after)
   else:
-    frame0 = media.load_image(image, gen.resolution)
+    frame0 = media.load_image(image, size)
   for path, o in keys:
     if o in known:
       raise ValueError(f"--keyframe={path}@{o}: F{o:+d} is a frame of the "
@@ -230,14 +252,16 @@ def run(*, image: str | None, prompt: str, frames_before: int,
       raise ValueError(f"--keyframe={path}@{o} is outside the frames asked "
                        f"for (F{-before:+d} to F{after:+d}); raise "
                        f"--frames_{'before' if o < 0 else 'after'}")
-    known[o] = media.load_image(path, gen.resolution)
+    known[o] = media.load_image(path, size)
   cut = gen.encoder.too_long(prompt)
   if cut:
     print(f"bidigen: warning: {cut}", file=sys.stderr, flush=True)
   total = before + 1 + after
   print(f"sampling {total} frames ({before} before, {after} after"
         f"{', ' + str(len(known)) + ' known' if known else ''}"
-        f"{', looped' if loop else ''}) at {gen.resolution}px, prompt "
+        f"{', looped' if loop else ''}) at {size}px"
+        f"{f' (the model at {gen.resolution}px)' if size > gen.resolution else ''}"
+        f", prompt "
         f"{prompt!r} ...", flush=True)
   frames = gen(frame0[None], [prompt], frames_before=before,
                frames_after=after, seed=seed, steps=steps,
@@ -252,7 +276,7 @@ def run(*, image: str | None, prompt: str, frames_before: int,
             "video_frame": video and i0,
             "keyframes": {str(o): os.path.abspath(p) for p, o in keys},
             "loop": loop, "prompt": prompt, "seed": seed,
-            "motion_strength": motion_strength,
+            "motion_strength": motion_strength, "output_resolution": size,
             "frames_before": before, "frames_after": after,
             "steps": steps or gen.config.sample.steps,
             "solver": solver or gen.config.sample.solver,

@@ -143,6 +143,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Scales a "motion" model's generated motion (sample --motion_strength);
       # camera_speed in the report shows whether the camera follows it.
       motion_strength=1.0,
+      # The output_resolution task's size: camera clips rendered again at
+      # this size, F0 given at it (sample --output_resolution).
+      output_resolution=128 if tiny else 256,
       num_sheets=2 if tiny else 4,
       classifier_steps=10 if tiny else 600,
       # LPIPS network: "alexnet" (what papers report), "vgg16", a VGG16 .npz

@@ -356,3 +356,22 @@ def test_evaluation_scores_camera_adherence(builder):
   assert 0.3 < metrics.camera_adherence(half[:, None], offsets, clips)[
       "camera_speed"] < 0.7
   assert any(w != "static" for w in want)
+
+
+def test_camera_truth_renders_the_test_clips_again(builder):
+  """The output-resolution evaluation's truth: a shipped photograph's clip
+  rendered again through its camera windows is the stored clip at the
+  clip's own size, and the same windows at twice the size."""
+  from bidigen import evaluate
+  clips = [dict(e, video=np.asarray(e["video"]), camera=np.asarray(
+      e["camera"]), photo=text(e, "photo")) for e in examples(builder, "test")]
+  offsets = list(range(-4, 5))
+  idx, same = evaluate.camera_truth(clips, R, R, offsets)
+  assert idx and all(clips[i]["photo"] in camera.PHOTOS for i in idx)
+  c = T // 2
+  for i, frames in zip(idx, same):
+    np.testing.assert_array_equal(frames, clips[i]["video"][c - 4:c + 5])
+  _, big = evaluate.camera_truth(clips, 2 * R, R, offsets)
+  assert big.shape == (len(idx), 9, 2 * R, 2 * R, 3)
+  shrunk = cv2.resize(big[0, 0], (R, R), interpolation=cv2.INTER_AREA)
+  assert metrics.psnr(shrunk, same[0, 0]) > 25

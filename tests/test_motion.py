@@ -108,6 +108,20 @@ def test_unchanged_pixels_stay_the_users():
   lat = motion.pixels(decode, x[..., :5], f0, anchor, target="latent", **kw)
   assert np.abs(np.asarray(lat)[:, 0] - f0).mean() > 0.1
 
+  # F0 at twice the decoder's size: frames come out at F0's size, F0's own
+  # pixels where nothing changed, moved at that size (8 px at 64 px).
+  big = rng.uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+  still = motion.pixels(decode, jnp.zeros((2, 3, 4, 4, 5)), big, anchor,
+                        target="residual", **kw)
+  np.testing.assert_allclose(still, np.broadcast_to(big[:, None], still.shape),
+                             atol=1e-6)
+  out = np.asarray(motion.pixels(decode, x, big, anchor, target="motion",
+                                 **kw))
+  assert out.shape == (2, 3, 64, 64, 3)
+  want = metrics.warp(big[0], np.broadcast_to(np.float32([8, 0]),
+                                              (64, 64, 2)).copy())
+  np.testing.assert_allclose(out[0, 1], want, atol=2 / 32)
+
 
 def test_captions_swap_direction_words():
   assert (latents.swap_words("The camera pans left over a cat", latents.MIRRORED)

@@ -14,6 +14,7 @@ import pytest
 
 from bidigen import checkpoints
 from bidigen import latents
+from bidigen import metrics
 from bidigen import sharding
 from bidigen import train
 from tests.test_cli import ROOT
@@ -37,6 +38,7 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_cli_train_checkpoint_sample_export(tmp_path, tiny_run):
   """The shared run was trained by ``--mode=train`` (tests/conftest.py):
   its progress, metrics, checkpoints and events; then sampling from it,
@@ -308,6 +310,7 @@ def test_warm_start_from_an_exported_model(tmp_path, straight_run):
     train.train(config, str(tmp_path / "third"))
 
 
+@pytest.mark.slow
 def test_motion_target_trains_and_samples_with_keyframes(tmp_path, data_dir,
                                                         tiny_config):
   """The "motion" target with the new recipe (Min-SNR, logit-normal noise
@@ -350,6 +353,25 @@ def test_motion_target_trains_and_samples_with_keyframes(tmp_path, data_dir,
   assert np.abs(a[:, 0].astype(int) - b[:, 0]).mean() > 0.5
   with pytest.raises(ValueError, match="motion_strength"):
     run(3.0)
+
+  # Output at the photo's own size (twice the model's): the same program
+  # family, F0 and the keyframe exactly as given at that size, and frames
+  # that are the model's own, shrunk back, where the photo is smooth.
+  from bidigen import media
+  cat = os.path.join(media.EXAMPLES, "cat.png")
+  low, high = (media.load_image(cat, s)[None] for s in (64, 128))
+  key_hi = media.resize_frames(high[0, ::-1], 128)
+  out = gen(high, ["the camera pans left"], frames_before=4, frames_after=4,
+            seed=0, steps=2, keyframes={3: key_hi})
+  assert out.shape == (1, 9, 128, 128, 3)
+  np.testing.assert_array_equal(out[:, 4], high)
+  np.testing.assert_array_equal(out[0, 7], key_hi)
+  ref = gen(low, ["the camera pans left"], frames_before=4, frames_after=4,
+            seed=0, steps=2, keyframes={3: media.resize_frames(key_hi, 64)})
+  shrunk = media.resize_frames(out, 64)
+  assert metrics.psnr(shrunk[0, :3], ref[0, :3]).min() > 22
+  with pytest.raises(ValueError, match="from the model's 64"):
+    gen(low[:, :32, :32], ["x"], frames_before=1, frames_after=1)
   config.train.mirror_prob = 0.5  # Mirrored clips need their own latents.
   with pytest.raises(ValueError, match="mirrored latents"):
     train.train(config, str(tmp_path / "mirror"))
@@ -462,6 +484,7 @@ def test_mixture_sources_are_checked(tiny_config):
     latents.sources(data)
 
 
+@pytest.mark.slow
 def test_training_on_a_mixture_saves_its_pooled_stats(tmp_path, data_dir,
                                                       tiny_config):
   """Encode and train through a mixture config: each source encoded into
