@@ -99,8 +99,9 @@ class Generator:
     S is the model's resolution R, or larger (up to
     ``MAX_OUTPUT_RESOLUTION``): the model works at R and the frames are F0
     moved at S plus the correction upscaled. ``keyframes`` {offset: uint8
-    [B, S, S, 3] or [S, S, 3]}: frames known besides F0 (a user's keyframes, or a video's frames to extend); each
-    appears exactly at its offset. ``loop``: F+M leads back into F-N.
+    [B, S, S, 3] or [S, S, 3]}: frames known besides F0 (a user's
+    keyframes, or a video's frames to extend); each appears exactly at its
+    offset. ``loop``: F+M leads back into F-N.
     ``motion_strength`` scales the motion a "motion" model generates (0
     keeps F0 in place; 1, the default, is the model's own).
     """
@@ -257,11 +258,11 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   if cut:
     print(f"bidigen: warning: {cut}", file=sys.stderr, flush=True)
   total = before + 1 + after
+  model_size = (f" (the model at {gen.resolution}px)"
+                if size > gen.resolution else "")
   print(f"sampling {total} frames ({before} before, {after} after"
         f"{', ' + str(len(known)) + ' known' if known else ''}"
-        f"{', looped' if loop else ''}) at {size}px"
-        f"{f' (the model at {gen.resolution}px)' if size > gen.resolution else ''}"
-        f", prompt "
+        f"{', looped' if loop else ''}) at {size}px{model_size}, prompt "
         f"{prompt!r} ...", flush=True)
   frames = gen(frame0[None], [prompt], frames_before=before,
                frames_after=after, seed=seed, steps=steps,
