@@ -33,6 +33,12 @@ def with_stats(config):
   return config
 
 
+def one_device():
+  """A mesh of the first CPU device: a batch of one over all eight would
+  compute the same frames eight times over, on two cores."""
+  return sharding.make_mesh([("data", 1)], jax.devices()[:1])
+
+
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -197,7 +203,7 @@ def test_one_compiled_step_learns_one_batch_and_updates_the_ema(
   # steps (1e-2 diverges to ~0.98; without the update it stays at 0.993).
   config.train.update(dict(num_steps=48, warmup_steps=1, learning_rate=3e-3,
                            ema_decays=(0.999, 0.5)))
-  mesh = sharding.make_mesh(config.mesh.axes)
+  mesh = one_device()
   trainer = train.Trainer(config, mesh, text_dim=16)
   state = trainer.init(jax.random.key(0))
   assert set(vars(state)) == {"step", "params", "opt_state", "ema"}
@@ -563,7 +569,7 @@ def test_generator_keyframes_and_loops_reuse_one_program(straight_run):
   frames come out exactly as given."""
   from bidigen import sample
   _, wd = straight_run
-  gen = sample.Generator(wd)
+  gen = sample.Generator(wd, mesh=one_device())
   rng = np.random.default_rng(0)
   image, other = rng.integers(0, 255, (2, 1, 64, 64, 3), dtype=np.uint8)
   # Perturbed weights, so that what a window knows shows in its frames (the
@@ -597,7 +603,7 @@ def test_generator_compiles_once_per_length_bucket(straight_run):
   from bidigen import sample
   from tests import test_sample
   _, wd = straight_run
-  gen = sample.Generator(wd)
+  gen = sample.Generator(wd, mesh=one_device())
   image = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3),
                                             dtype=np.uint8)
   run = lambda before, after: gen(image, ["a red ball moves left"],
