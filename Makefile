@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install browser malloc demo contact-sheet gui train test \
-  check-pythons clean
+  test-slow check-pythons clean
 
 install: $(STAMP) browser malloc
 
@@ -95,13 +95,22 @@ gui: $(STAMP)
 # time (compiling is single-threaded), so two nearly halve the suite on 2
 # cores. A module runs on one worker (--dist loadscope), so its module
 # fixtures are built once, the longest modules first (tests/conftest.py);
-# what the whole run shares is built once too.
+# what the whole run shares is built once too. `make test` runs the tests
+# not marked slow (pyproject.toml's markers); `make test-slow` the others:
+# end to end, several processes, the browser, the notebook.
 TEST_WORKERS ?= 2
-# pytest's exit status 5 ("no tests collected") is reported, not failed.
+# $(call pytest,MARK EXPRESSION): pytest's exit status 5 ("no tests
+# collected") is reported, not failed.
+define pytest
+$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope \
+  --no-loadscope-reorder --durations=15 -m "$(1)" tests; rc=$$?; \
+if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+endef
 test: install
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope \
-	  --no-loadscope-reorder --durations=15 tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	@$(call pytest,not slow)
+
+test-slow: install
+	@$(call pytest,slow)
 
 # Every version is checked even when one fails; nonzero if any did.
 check-pythons: $(STAMP)

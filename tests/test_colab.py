@@ -32,6 +32,7 @@ def test_committed_notebook_has_no_outputs():
       assert not cell["outputs"] and cell["execution_count"] is None
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
   run_notebook(tmp_path, monkeypatch, sys.executable)
 
@@ -39,6 +40,7 @@ def test_notebook_runs_and_writes_the_video(tmp_path, monkeypatch):
 @pytest.mark.skipif(
     not os.environ.get("BIDIGEN_NOTEBOOK_PYTHON"),
     reason="`make check-pythons` runs it with the Python 3.12 venv")
+@pytest.mark.slow
 def test_notebook_runs_on_colabs_python(tmp_path, monkeypatch):
   python = os.environ["BIDIGEN_NOTEBOOK_PYTHON"]
   assert os.access(python, os.X_OK), f"no interpreter {python}"

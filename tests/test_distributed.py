@@ -153,6 +153,7 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir):
   assert list(next(again)["caption"]) == list(next(two[1])["caption"])
 
 
+@pytest.mark.slow
 def test_same_losses_on_1_device_and_2_processes(runs):
   np.testing.assert_allclose(runs["two"], runs["one"], rtol=RTOL)
   # Without TensorFlow, training says where its metrics go instead.
@@ -196,6 +197,7 @@ def test_fsdp_shards_parameters_and_optimizer_state(tiny_config):
   assert held == per_device
 
 
+@pytest.mark.slow
 def test_fsdp_run_stopped_by_sigterm_and_sigkill_logs_one_devices_losses(
     tmp_path, start, runs, capsys):
   """On 8 devices with parameters sharded over fsdp, stopped twice and

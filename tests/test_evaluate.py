@@ -164,6 +164,7 @@ def test_evaluate_names_an_unknown_task(tmp_path, tiny_config):
   assert not os.path.exists(tmp_path / "eval")
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
                                     tiny_config):
   data_dir = tiny_data

@@ -51,6 +51,7 @@ def test_clip_flows_at_latent_resolution():
   assert abs(np.median(fl[..., 1])) < 0.1
 
 
+@pytest.mark.slow
 def test_training_with_flow_regularisation(tmp_path, tiny_data, tiny_config):
   from bidigen import latents
   from bidigen import train

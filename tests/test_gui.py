@@ -199,6 +199,7 @@ def _error_text(page, match: str, timeout: float = 120_000) -> str:
   return toast.first.inner_text()
 
 
+@pytest.mark.slow
 def test_generate_in_the_browser(server, page, tmp_path):
   url, proc, log, _, _ = server
   page.goto(url)
@@ -315,6 +316,7 @@ def _call(url: str, api: str, data: list) -> tuple[str, object]:
   return kind, (payload.get("error") if kind == "error" else payload)
 
 
+@pytest.mark.slow
 def test_server_survives_bad_requests_and_writes_only_its_temp(server,
                                                                tmp_path):
   """Requests no page would send: server paths in the image field, a
