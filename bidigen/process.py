@@ -11,6 +11,7 @@ bidigen does not get it. Such a program (a notebook, the tests) can call
 
 import importlib.metadata
 import os
+import re
 import sys
 
 # TFDS imports TensorFlow, whose C++ start-up logs fill a screen; the text
@@ -24,7 +25,15 @@ ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1"}
 # 1.35-1.44x faster to the same loss (``python -m bidigen.benchmark`` times
 # both). A user's XLA_FLAGS that already set the fusion type win, so
 # XLA_DEFAULT_CONV_FLAG restores XLA's default. Only for jaxlib 0.10, the
-# one tested: XLA aborts on a flag it does not know.
+# one tested: XLA aborts on a flag it does not know. And only for a process
+# with one CPU device: on several, XLA's own convolutions in the sampler's
+# program (the solver's loop inside the expansion's scan) computed other
+# numbers than on one device, so the same seed gave other frames (the
+# embedded model's 17-frame request, its sample replicated over the mesh:
+# frames 20-38 dB PSNR from the one-device run's on 2, 3 and 8 devices;
+# with YNNPACK's, 86 dB or more: a level on a few pixels). Several CPU
+# devices in one process are a mesh simulated for tests, not where speed
+# counts.
 CPU_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 XLA_DEFAULT_CONV_FLAG = (
     "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution")
@@ -42,14 +51,31 @@ TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
             "/usr/lib/libtcmalloc_minimal.so.4")
 
 
+def host_devices(xla_flags: str) -> int:
+  """The CPU devices jax makes in a process started with ``xla_flags`` (an
+  XLA_FLAGS value): ``--xla_force_host_platform_device_count`` (the last
+  one, as XLA reads them), else JAX_NUM_CPU_DEVICES, else 1."""
+  counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                      xla_flags)
+  if counts:
+    return max(1, int(counts[-1]))
+  try:  # jax's own default, -1, is one device too.
+    return max(1, int(os.environ.get("JAX_NUM_CPU_DEVICES", 1)))
+  except ValueError:  # jax refuses it, with its own message.
+    return 1
+
+
 def cpu_convolutions(xla_flags: str) -> str:
   """``xla_flags`` (an XLA_FLAGS value) with ``CPU_CONV_FLAG`` added.
 
-  Unchanged where they already set the fusion type or jaxlib is not 0.10.
-  The flag goes first: XLA stops reading XLA_FLAGS at a word that is not a
-  flag, and a user's stray word must not hide it.
+  Unchanged where they already set the fusion type, ask for several CPU
+  devices (``host_devices``: there XLA's own convolutions change the
+  frames) or jaxlib is not 0.10. The flag goes first: XLA stops reading
+  XLA_FLAGS at a word that is not a flag, and a user's stray word must not
+  hide it.
   """
-  if "xla_cpu_experimental_ynn_fusion_type" in xla_flags:
+  if ("xla_cpu_experimental_ynn_fusion_type" in xla_flags
+      or host_devices(xla_flags) > 1):
     return xla_flags
   try:
     jaxlib = importlib.metadata.version("jaxlib")

@@ -49,17 +49,28 @@ def test_importing_bidigen_changes_no_environment_variable(modules):
   assert json.loads(proc.stdout.splitlines()[-1]) == [None, {}]
 
 
-def test_cpu_convolutions_keep_the_users_flags():
+def test_cpu_convolutions_keep_the_users_flags(monkeypatch):
   """CPU_CONV_FLAG goes first (XLA stops at a word that is not a flag),
-  once, and never over the user's own fusion setting."""
+  once, and never over the user's own fusion setting; not at all for
+  several CPU devices, where XLA's own convolutions changed the frames
+  (tests/test_sample.py's test on 1, 2, 3 and 8 devices)."""
   if process.cpu_convolutions("") == "":
     pytest.skip("not the jaxlib the flag is tested with")
-  user = "--xla_force_host_platform_device_count=2"
+  monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+  user = "--xla_force_host_platform_device_count=1 --xla_cpu_use_acl=false"
   tuned = process.cpu_convolutions(user)
   assert tuned == f"{process.CPU_CONV_FLAG} {user}"
   assert process.cpu_convolutions(tuned) == tuned
   own = f"{user} {process.XLA_DEFAULT_CONV_FLAG}"
   assert process.cpu_convolutions(own) == own
+  for several in ("--xla_force_host_platform_device_count=2",
+                  f"{user} --xla_force_host_platform_device_count=8"):
+    assert process.host_devices(several) > 1
+    assert process.cpu_convolutions(several) == several
+  monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "3")
+  assert process.host_devices("") == 3
+  assert process.cpu_convolutions("") == ""
+  assert process.cpu_convolutions(user) == f"{process.CPU_CONV_FLAG} {user}"
 
 
 # What an entry point's __main__ does first, then a convolution's filter
