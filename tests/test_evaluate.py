@@ -347,6 +347,7 @@ def test_lpips_from_a_local_weights_file(tmp_path):
     lpips.load(path)
 
 
+@pytest.mark.slow
 def test_fvd_of_a_task_is_the_frechet_distance_of_i3d_features(
     optimized_xla):
   """score()'s FVD: the real I3D's features of all generated windows against
