@@ -335,7 +335,7 @@ def test_motion_target_trains_and_samples_with_keyframes(tmp_path, data_dir,
   wd = str(tmp_path / "run")
   train.train(config, wd)
   meta = latents.read_meta(latents.cache_dir(config.data))
-  gen = sample.Generator(wd)
+  gen = sample.Generator(wd, mesh=one_device())
   np.testing.assert_allclose(
       gen.config.model.residual_rms,
       np.asarray(meta["correction_rms"]) / np.asarray(meta["latent_std"]),
