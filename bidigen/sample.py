@@ -27,14 +27,15 @@ MAX_SEED = 2**31 - 1
 MAX_MOTION_STRENGTH = 2.0
 # Frames above the model's resolution (the photo's own size): F0 moved at
 # that size plus the upscaled correction. The pixel budget keeps a long
-# request's float32 frames within ~1.6 GB (513 frames at 512 px).
+# request's float32 frames within ~1.6 GB (2049 frames, the longest
+# request, at 256 px; 512 at 512 px).
 MAX_OUTPUT_RESOLUTION = 1024
 MAX_OUTPUT_PIXELS = 2049 * 256 * 256
 
 
 def check_settings(frames_before: int, frames_after: int,
                    steps: int | None = None, guidance: float | None = None,
-                   seed: int = 0) -> None:
+                   seed: int = 0, motion_strength: float = 1.0) -> None:
   """Raises ValueError naming the first setting out of range (None: the
   model's default, checked where it is read)."""
   for name, n, low, high in (
@@ -51,7 +52,24 @@ def check_settings(frames_before: int, frames_after: int,
     # NaN fails the comparison too: it would fill every frame with NaN.
     raise ValueError(f"guidance must be in [0, {MAX_GUIDANCE:g}], got "
                      f"{guidance!r}")
+  if not (isinstance(motion_strength, (int, float, np.number))
+          and 0 <= motion_strength <= MAX_MOTION_STRENGTH):
+    raise ValueError(f"motion_strength must be in [0, "
+                     f"{MAX_MOTION_STRENGTH:g}], got {motion_strength!r}")
 
+
+
+def check_output_resolution(size: int, resolution: int, frames: int) -> None:
+  """Raises ValueError unless ``frames`` frames of ``size`` px are a
+  request the model of ``resolution`` px serves: from its resolution to
+  ``MAX_OUTPUT_RESOLUTION``, within ``MAX_OUTPUT_PIXELS`` in all."""
+  if not resolution <= size <= MAX_OUTPUT_RESOLUTION:
+    raise ValueError(f"output resolution {size}px: must be from the model's "
+                     f"{resolution} to {MAX_OUTPUT_RESOLUTION}")
+  if frames * size * size > MAX_OUTPUT_PIXELS:
+    raise ValueError(f"{frames} frames at {size}px are over "
+                     f"{MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels in all: ask "
+                     f"for fewer frames or a smaller output resolution")
 
 class Generator:
   """A loaded model, ready to sample: what the CLI, GUI and Colab share.
@@ -111,23 +129,15 @@ class Generator:
     solver = solver or self.config.sample.solver
     guidance = (self.config.sample.guidance if guidance is None
                 else guidance)
-    check_settings(frames_before, frames_after, steps, guidance, seed)
-    if not (isinstance(motion_strength, (int, float, np.number))
-            and 0 <= motion_strength <= MAX_MOTION_STRENGTH):
-      raise ValueError(f"motion_strength must be in [0, "
-                       f"{MAX_MOTION_STRENGTH:g}], got {motion_strength!r}")
+    check_settings(frames_before, frames_after, steps, guidance, seed,
+                   motion_strength)
     images = np.asarray(images)
-    r = images.shape[1] if images.ndim == 4 else self.resolution
-    if (images.ndim != 4 or images.shape[1:] != (r, r, 3)
-        or not self.resolution <= r <= MAX_OUTPUT_RESOLUTION):
-      raise ValueError(f"images must be [B, S, S, 3] with S from the model's "
-                       f"{self.resolution} to {MAX_OUTPUT_RESOLUTION}, got "
+    if images.ndim != 4 or images.shape[2:] != (images.shape[1], 3):
+      raise ValueError(f"images must be square RGB [B, S, S, 3], got "
                        f"{images.shape}")
-    if (frames_before + frames_after + 1) * r * r > MAX_OUTPUT_PIXELS:
-      raise ValueError(
-          f"{frames_before + frames_after + 1} frames at {r}px are over "
-          f"{MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels in all: ask for fewer "
-          f"frames or a smaller output resolution")
+    r = images.shape[1]
+    check_output_resolution(r, self.resolution,
+                            frames_before + frames_after + 1)
     b = images.shape[0]
     if len(prompts) != b:
       raise ValueError(f"{len(prompts)} prompts for {b} images")
@@ -212,7 +222,8 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   if not output:
     raise ValueError("--output is required for --mode=sample (.mp4, .gif "
                      "or a folder)")
-  check_settings(frames_before, frames_after, steps, guidance, seed)
+  check_settings(frames_before, frames_after, steps, guidance, seed,
+                 motion_strength)
   keys = [parse_keyframe(k) for k in keyframes]
   offsets = [o for _, o in keys]
   if len(set(offsets)) < len(offsets) or 0 in offsets:
@@ -227,9 +238,8 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   t0 = time.time()
   gen = Generator(checkpoint)
   size = output_resolution or gen.resolution
-  if not gen.resolution <= size <= MAX_OUTPUT_RESOLUTION:
-    raise ValueError(f"--output_resolution={size}: must be from the model's "
-                     f"{gen.resolution} to {MAX_OUTPUT_RESOLUTION}")
+  check_output_resolution(size, gen.resolution,
+                          frames_before + frames_after + 1)
   known = {}
   before, after = frames_before, frames_after
   if video:

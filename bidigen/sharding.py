@@ -153,3 +153,21 @@ def check_batch(mesh: Mesh, global_batch_size: int) -> None:
     raise ValueError(
         f"batch size {global_batch_size} is not divisible by the {n} devices "
         "of the mesh")
+
+
+def in_batches(fn, size: int, *arrays) -> np.ndarray:
+  """``fn`` over the arrays' leading axis in chunks of exactly ``size``
+  rows, the last chunk padded with copies of its last row, so one compiled
+  program serves every chunk (and a batch split over the mesh stays the
+  same split); the results' real rows, concatenated."""
+  n = len(arrays[0])
+  if n == 0 or any(len(a) != n for a in arrays):
+    raise ValueError(f"in_batches: arrays of lengths {[len(a) for a in arrays]}")
+  out = []
+  for i in range(0, n, size):
+    k = min(size, n - i)
+    chunk = [np.concatenate([a[i:i + k], np.repeat(a[i + k - 1:i + k],
+                                                   size - k, 0)])
+             for a in map(np.asarray, arrays)]
+    out.append(np.asarray(fn(*chunk))[:k])
+  return np.concatenate(out)

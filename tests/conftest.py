@@ -131,10 +131,12 @@ def tiny_text_encoder() -> str:
 
 # The longest modules first: `make test` and `make test-slow` run a module
 # per xdist worker (--dist loadscope, in this order), so the two workers end
-# together. test_train.py builds the shared tiny run that test_evaluate.py's
-# slow test waits for; test_sample.py and test_distributed.py do not need it.
+# together. test_train.py builds the shared tiny run that
+# test_generator.py, test_evaluate.py and test_camera.py wait for;
+# test_sample.py and test_distributed.py do not need it.
 SLOWEST_FIRST = ("test_train.py", "test_sample.py", "test_distributed.py",
-                 "test_evaluate.py", "test_pretrained.py", "test_model.py")
+                 "test_evaluate.py", "test_generator.py", "test_pretrained.py",
+                 "test_model.py")
 
 
 def pytest_collection_modifyitems(items):

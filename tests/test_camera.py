@@ -362,16 +362,51 @@ def test_camera_truth_renders_the_test_clips_again(builder):
   """The output-resolution evaluation's truth: a shipped photograph's clip
   rendered again through its camera windows is the stored clip at the
   clip's own size, and the same windows at twice the size."""
-  from bidigen import evaluate
   clips = [dict(e, video=np.asarray(e["video"]), camera=np.asarray(
       e["camera"]), photo=text(e, "photo")) for e in examples(builder, "test")]
-  offsets = list(range(-4, 5))
-  idx, same = evaluate.camera_truth(clips, R, R, offsets)
-  assert idx and all(clips[i]["photo"] in camera.PHOTOS for i in idx)
   c = T // 2
-  for i, frames in zip(idx, same):
-    np.testing.assert_array_equal(frames, clips[i]["video"][c - 4:c + 5])
-  _, big = evaluate.camera_truth(clips, 2 * R, R, offsets)
+  frames = range(c - 4, c + 5)
+  idx, same = camera.render_again(clips, R, R, frames)
+  assert idx and all(clips[i]["photo"] in camera.PHOTOS for i in idx)
+  assert len(idx) < len(clips)  # The video frames' clips are skipped.
+  for i, got in zip(idx, same):
+    np.testing.assert_array_equal(got, clips[i]["video"][c - 4:c + 5])
+  _, big = camera.render_again(clips, 2 * R, R, frames)
   assert big.shape == (len(idx), 9, 2 * R, 2 * R, 3)
   shrunk = cv2.resize(big[0, 0], (R, R), interpolation=cv2.INTER_AREA)
   assert metrics.psnr(shrunk, same[0, 0]) > 25
+
+
+def test_output_resolution_task_moves_f0_at_the_output_size(builder,
+                                                            tiny_run):
+  """evaluate's output_resolution task on the tiny model: its truth is the
+  clips rendered again at twice the size, its model frames keep that F0
+  exactly, and the upscaled 64 px run and copy-F0 are scored beside them."""
+  import jax
+  from bidigen import evaluate
+  from bidigen import sample
+  from bidigen import sharding
+  clips = [dict(e, video=np.asarray(e["video"]), camera=np.asarray(
+      e["camera"]), photo=text(e, "photo"), motion=text(e, "motion"),
+                caption=text(e, "caption"))
+           for e in examples(builder, "test")]
+  gen = sample.Generator(tiny_run[0], mesh=sharding.make_mesh(
+      [("data", 1)], jax.devices()[:1]))
+  settings = dict(steps=2, guidance=1.0, solver="ddim", motion_strength=1.0)
+  run = evaluate.Run(gen, settings, 4, clips, 1, 0, output_resolution=2 * R)
+  rows, (truth, model, offsets) = evaluate.output_resolution(run)
+  c = T // 2
+  idx, want = camera.render_again(clips, 2 * R, R, range(c - 4, c + 5))
+  np.testing.assert_array_equal(truth, want)
+  assert offsets == list(range(-4, 5))
+  assert model.shape == (len(idx), 9, 2 * R, 2 * R, 3)
+  np.testing.assert_array_equal(model[:, 4], truth[:, 4])
+  assert set(rows) == {"model", "model_upscaled", "copy_f0"}
+  assert rows["model"]["clips"] == len(idx)
+  copy = {str(o): metrics.psnr(truth[:, 4], truth[:, 4 + o]).mean()
+          for o in offsets if o}
+  assert rows["copy_f0"]["psnr_by_offset"] == pytest.approx(copy)
+  assert rows["model"]["psnr"] != rows["model_upscaled"]["psnr"]
+  run.output_resolution = R
+  with pytest.raises(ValueError, match="must be above the model's 64px"):
+    evaluate.output_resolution(run)

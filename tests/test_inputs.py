@@ -96,16 +96,18 @@ anything = st.one_of(
 
 @settings(max_examples=400, deadline=None)
 @given(before=anything, after=anything, steps=anything, guidance=anything,
-       seed=anything)
+       seed=anything, strength=st.one_of(anything, st.floats(0, 2)))
 def test_sampler_settings_are_in_range_or_refused(before, after, steps,
-                                                  guidance, seed):
+                                                  guidance, seed, strength):
   try:
-    sample.check_settings(before, after, steps, guidance, seed)
+    sample.check_settings(before, after, steps, guidance, seed, strength)
   except ValueError as e:
     assert one_line(e)
     assert str(e).split()[0] in ("frames_before", "frames_after", "steps",
-                                 "guidance", "seed")
+                                 "guidance", "seed", "motion_strength")
     return
+  assert (math.isfinite(strength)
+          and 0 <= strength <= sample.MAX_MOTION_STRENGTH)
   for n, high in ((before, sample.MAX_FRAMES_PER_SIDE),
                   (after, sample.MAX_FRAMES_PER_SIDE), (seed, sample.MAX_SEED)):
     assert type(n) is int and 0 <= n <= high
@@ -113,6 +115,24 @@ def test_sampler_settings_are_in_range_or_refused(before, after, steps,
                            and 1 <= steps <= sample.MAX_STEPS)
   assert guidance is None or (math.isfinite(guidance)
                               and 0 <= guidance <= sample.MAX_GUIDANCE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.one_of(st.integers(0, 1100), st.sampled_from(
+    [64, 128, 129, 512, 1023, 1024, 1025])), resolution=st.sampled_from([64, 128]),
+       frames=st.one_of(st.integers(1, 2049), st.sampled_from([512, 513])))
+def test_output_resolution_is_served_or_refused(size, resolution, frames):
+  """--output_resolution, the GUI's and a Generator's image size: from the
+  model's resolution to MAX_OUTPUT_RESOLUTION, within MAX_OUTPUT_PIXELS
+  (512 frames at 512 px pass, 513 do not)."""
+  ok = (resolution <= size <= sample.MAX_OUTPUT_RESOLUTION
+        and frames * size * size <= sample.MAX_OUTPUT_PIXELS)
+  try:
+    sample.check_output_resolution(size, resolution, frames)
+  except ValueError as e:
+    assert not ok and one_line(e) and f"{size}px" in str(e), e
+  else:
+    assert ok
 
 
 @settings(max_examples=400, deadline=None)

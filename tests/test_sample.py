@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bidigen import expansion
+from bidigen import metrics
 from bidigen import models
 from bidigen import sharding
 from bidigen import train
@@ -252,13 +253,6 @@ np.save(sys.argv[2], frames[0])
 """
 
 
-def psnr(a, b):
-  """Per frame, in dB, of uint8 frames [T, H, W, 3] (inf where equal)."""
-  mse = np.mean((a.astype(np.float64) - b) ** 2, axis=(1, 2, 3))
-  with np.errstate(divide="ignore"):
-    return 10 * np.log10(255.0**2 / mse)
-
-
 @pytest.mark.slow
 def test_same_seed_same_frames_on_1_2_3_and_8_devices(tmp_path):
   """The README's promise, on the path users take: the same request in a
@@ -280,7 +274,7 @@ def test_same_seed_same_frames_on_1_2_3_and_8_devices(tmp_path):
     frames[devices] = np.load(out)
   assert frames[1].shape == (17, 128, 128, 3)
   for devices in (2, 3, 8):
-    db = psnr(frames[devices], frames[1])
+    db = metrics.psnr(frames[devices], frames[1])
     assert db.min() >= 40, f"{devices} devices: {np.round(db, 1)} dB"
 
 

@@ -262,6 +262,23 @@ def _frame(photo, cx, cy, width, angle, resolution):
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+
+def render_again(examples, size: int, resolution: int, frames) -> tuple:
+  """Test clips (decoded examples) whose photograph ships with the package
+  (``PHOTOS``), rendered again at ``size`` px through the same windows at
+  frame indices ``frames``: (the clips' indices, frames [N, len(frames),
+  size, size, 3]). A clip cut from a video's frame is skipped: that frame is
+  not at hand at another size."""
+  idx, out = [], []
+  for i, ex in enumerate(examples):
+    if str(ex["photo"]) not in PHOTOS:
+      continue
+    photo = fit_photo(synthetic.load_photo(str(ex["photo"])), resolution)
+    idx.append(i)
+    out.append(render(photo, np.asarray(ex["camera"])[list(frames)], size))
+  return idx, np.stack(out) if out else np.zeros((0, len(frames), size,
+                                                  size, 3), np.uint8)
+
 def camera_flow(camera: np.ndarray, a: int, b: int,
                 resolution: int) -> np.ndarray:
   """The flow [R, R, 2] (frame pixels) from frame a to frame b that the

@@ -160,6 +160,21 @@ def caption_for(meta: dict, rng, paraphrase: bool = False) -> str:
   return str(rng.choice([f"{objs} while {cam}", f"{cam}; {objs}"]))
 
 
+
+def paraphrase(example: dict, index: int) -> str:
+  """A decoded test example's meaning (its objects and camera, read from
+  its features) in phrasings training never used: the caption of
+  evaluation's ``model_paraphrase`` rows."""
+  speed = lambda v: min(SPEEDS, key=lambda k: abs(SPEEDS[k] - v))
+  objects = [(PALETTE[example["object_color"][i]][0],
+              SHAPES[example["object_shape"][i]],
+              DIRECTIONS[example["object_direction"][i]],
+              speed(float(example["object_speed"][i])))
+             for i in range(int(example["num_objects"]))]
+  meta = {"background": str(example["background"]), "objects": objects,
+          "camera_motion": CAMERA_MOTIONS[int(example["camera_motion"])]}
+  return caption_for(meta, np.random.default_rng(index), paraphrase=True)
+
 def make_clip(seed: int, photos: dict, resolution: int, num_frames: int):
   """One example: (features dict, meaning dict), deterministic in seed."""
   rng = np.random.default_rng(seed)
