@@ -266,6 +266,7 @@ def encode_one(config, *, overwrite: bool = False,
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   from bidigen import data as data_lib  # TFDS: only here, not in training.
+  from bidigen import sharding
   from bidigen import text as text_lib
   from bidigen.models import taef2
 
@@ -329,11 +330,11 @@ def encode_one(config, *, overwrite: bool = False,
       n = min(batch_clips, count - i)
       exs = [source[j] for j in range(i, i + n)]
       video = np.stack([np.asarray(e["video"]) for e in exs])
-      pad = np.concatenate([video, np.repeat(video[-1:], batch_clips - n, 0)])
       t = time.time()
-      lat = np.asarray(to_latents(pad))[:n]
+      lat = sharding.in_batches(to_latents, batch_clips, video)
       if mirrored:
-        lat_m = np.asarray(to_latents(pad[:, :, :, ::-1]))[:n]
+        lat_m = sharding.in_batches(to_latents, batch_clips,
+                                    video[:, :, :, ::-1])
       encode_seconds += time.time() - t
       captions = [c.decode() if isinstance(c, bytes) else str(c)
                   for c in (e["caption"] for e in exs)]

@@ -255,53 +255,6 @@ def camera_speed(frames_a: np.ndarray, frames_b: np.ndarray) -> float:
                         np.hypot(s["zoom_in"], s["rotate_ccw"])))
 
 
-def camera_adherence(gen, offsets, clips) -> dict:
-  """Camera-motion photo clips: the motion read from the generated frames'
-  flow (first -> last, pans, zooms, rolls and their combinations) against
-  the one the stored camera parameters give over the same frames; and how
-  fast, as the mean camera speed of the generated frames over the true
-  frames' (1: as fast as the truth; what a motion strength should scale)."""
-  from bidigen.data import camera  # pylint: disable=import-outside-toplevel
-  res = gen.shape[-2]
-  centre = clips[0]["video"].shape[0] // 2
-  a, b = centre + offsets[0], centre + offsets[-1]
-  hits, speeds, true_speeds = [], [], []
-  for ex, per in zip(clips, gen):
-    want = camera.motion_class(np.asarray(ex["camera"]), res, a, b)
-    hits += [camera_class(x[0], x[-1], combined=True) == want
-             for x in per]
-    speeds += [camera_speed(x[0], x[-1]) for x in per]
-    true_speeds.append(camera_speed(ex["video"][a], ex["video"][b]))
-  return {"camera_accuracy": float(np.mean(hits)),
-          "camera_speed": float(np.mean(speeds)
-                                / max(np.mean(true_speeds), 1e-6))}
-
-
-def object_adherence(gen, truth, offsets, clips) -> dict:
-  """Synthetic clips: direction accuracy and position error of
-  colour-tracked objects, and camera motion agreement with the ground
-  truth's global flow."""
-  from bidigen.data import synthetic  # pylint: disable=import-outside-toplevel
-  res = gen.shape[-2]
-  correct, errors, cams = [], [], []
-  centre = clips[0]["video"].shape[0] // 2
-  idx = [centre + o for o in offsets]
-  for ex, per, tr in zip(clips, gen, truth):
-    cam_true = camera_class(tr[0], tr[-1])
-    for x in per:
-      cams.append(camera_class(x[0], x[-1]) == cam_true)
-      for i in range(int(ex["num_objects"])):
-        track = track_colour(x, ex["object_rgb"][i])
-        direction = synthetic.DIRECTIONS[ex["object_direction"][i]]
-        correct.append(direction_correct(track, direction))
-        want = ex["object_positions"][idx, i] * res
-        err = np.linalg.norm(track - want, axis=-1)
-        errors.extend(err[np.isfinite(err)].tolist())
-  return {"direction_accuracy": float(np.mean(correct)) if correct else None,
-          "position_error_px": float(np.mean(errors)) if errors else None,
-          "camera_accuracy": float(np.mean(cams))}
-
-
 def fitted_motion(truth: np.ndarray, offsets, factor: int = 8) -> dict:
   """F0 moved by motion fitted to the truth [N, W, R, R, 3]: the ceilings a
   model that generates motion can approach (they see the answer).

@@ -11,6 +11,7 @@ import pytest
 
 from bidigen import media
 from bidigen import metrics
+from bidigen import scoring
 from bidigen.data import camera
 from bidigen.data import synthetic
 from bidigen.data import videos
@@ -331,7 +332,7 @@ def test_camera_class_of_a_pan_with_a_zoom():
 
 
 def test_evaluation_scores_camera_adherence(builder):
-  """metrics.camera_adherence on the test split's true F-4..F+4 windows
+  """scoring.camera_adherence on the test split's true F-4..F+4 windows
   agrees with the flow-read class against motion_class of the same frames;
   a copy of F0 scores exactly the share of static clips."""
   clips = [dict(e, video=np.asarray(e["video"]), camera=np.asarray(
@@ -341,19 +342,19 @@ def test_evaluation_scores_camera_adherence(builder):
   truth = np.stack([e["video"][c - 4:c + 5] for e in clips])
   want = [camera.motion_class(e["camera"], R, c - 4, c + 4) for e in clips]
   read = [metrics.camera_class(t[0], t[-1], combined=True) for t in truth]
-  score = metrics.camera_adherence(truth[:, None], offsets, clips)
+  score = scoring.camera_adherence(truth[:, None], offsets, clips)
   assert score["camera_accuracy"] == pytest.approx(
       np.mean([r == w for r, w in zip(read, want)]))
   assert score["camera_accuracy"] >= 0.75, list(zip(read, want))
   assert score["camera_speed"] == pytest.approx(1.0)  # The truth's own.
   still = np.repeat(truth[:, 4:5], 9, 1)[:, None]
-  held = metrics.camera_adherence(still, offsets, clips)
+  held = scoring.camera_adherence(still, offsets, clips)
   assert held["camera_accuracy"] == pytest.approx(np.mean([w == "static"
                                                            for w in want]))
   assert held["camera_speed"] < 0.05
   # The first half of each clip's motion (F-4..F0): about half the speed.
   half = np.concatenate([truth[:, :5], np.repeat(truth[:, 4:5], 4, 1)], 1)
-  assert 0.3 < metrics.camera_adherence(half[:, None], offsets, clips)[
+  assert 0.3 < scoring.camera_adherence(half[:, None], offsets, clips)[
       "camera_speed"] < 0.7
   assert any(w != "static" for w in want)
 
