@@ -264,18 +264,17 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
         i0 = (len(clip) // 2 if video_frame in (None, "", -1) else
               _whole("F0's frame of the video", video_frame, 0,
                      len(clip) - 1))
-        frame0 = clip[i0]
-        known = {i - i0: f for i, f in enumerate(clip) if i != i0}
-        kw["extra"] = {"frames_before": i0,
-                       "frames_after": len(clip) - 1 - i0}
+        # The frames asked for: the typed counts beyond the video's ends.
+        typed = (kw["frames_before"], kw["frames_after"])
+        frame0, known, kw["frames_before"], kw["frames_after"] = (
+            sample.from_video(clip, i0, *typed))
+        kw["extra"] = {"frames_before": kw["frames_before"] - typed[0],
+                       "frames_after": kw["frames_after"] - typed[1]}
       else:
         path = upload_path(image)
         check_image(path)
         frame0 = media.load_image(path, gen.resolution)
-      # The frames asked for: the typed counts beyond a video's ends.
-      kw.setdefault("extra", {"frames_before": 0, "frames_after": 0})
-      for k, n in kw["extra"].items():
-        kw[k] += n
+        kw["extra"] = {"frames_before": 0, "frames_after": 0}
       pairs = list(zip(slots[::2], slots[1::2]))
       for o, p in check_keyframes(pairs, kw["frames_before"],
                                   kw["frames_after"]).items():

@@ -200,6 +200,22 @@ def parse_keyframe(spec: str) -> tuple[str, int]:
 MAX_VIDEO_FRAMES = 256
 
 
+
+def from_video(clip: np.ndarray, i0: int, frames_before: int,
+               frames_after: int) -> tuple:
+  """A video extended both ways, as a request: F0 its frame ``i0``, every
+  other frame known at its offset from F0, and ``frames_before`` /
+  ``frames_after`` counted beyond the video's ends. Returns (F0, {offset:
+  frame}, frames before F0, frames after F0); what the CLI and the GUI both
+  send the Generator."""
+  if not 0 <= i0 < len(clip):
+    raise ValueError(f"video frame {i0} picked as F0, but the video has "
+                     f"{len(clip)} frames (0 to {len(clip) - 1})")
+  known = {i - i0: f for i, f in enumerate(clip) if i != i0}
+  before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
+  check_settings(before, after)
+  return clip[i0], known, before, after
+
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,
         overwrite: bool = False, checkpoint: str | None = None,
@@ -246,13 +262,8 @@ def run(*, image: str | None, prompt: str, frames_before: int,
     clip = media.load_video(video, size, gen.config.sample.fps,
                             MAX_VIDEO_FRAMES)
     i0 = len(clip) // 2 if video_frame is None else video_frame
-    if not 0 <= i0 < len(clip):
-      raise ValueError(f"--video_frame={i0}, but {video} has {len(clip)} "
-                       f"frames at {gen.config.sample.fps:g} fps")
-    frame0 = clip[i0]
-    known = {i - i0: f for i, f in enumerate(clip) if i != i0}
-    before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
-    check_settings(before, after)
+    frame0, known, before, after = from_video(clip, i0, frames_before,
+                                              frames_after)
   else:
     frame0 = media.load_image(image, size)
   for path, o in keys:

@@ -4,6 +4,7 @@ works or is refused with a one-line ValueError, and nothing is written."""
 import io
 import math
 import os
+import re
 import tempfile
 
 from hypothesis import given, settings, strategies as st
@@ -181,3 +182,46 @@ def test_keyframe_loop_and_video_requests_are_checked_first(tmp_path):
     assert needle in str(e.value) and one_line(e.value), (args, e.value)
   assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "f0.png"]
   assert sample.parse_keyframe("a@b.png@-8") == ("a@b.png", -8)
+
+
+def test_a_video_request_is_its_frames_known_around_f0():
+  """sample.from_video, the CLI's and the GUI's: F0 the picked frame, the
+  others known at their offsets, the typed counts beyond the video's ends;
+  a frame outside the video, or a request over the length limit, is a
+  one-line error naming it."""
+  clip = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones(
+      (1, 4, 4, 3), np.uint8)
+  f0, known, before, after = sample.from_video(clip, 1, 2, 3)
+  assert f0[0, 0, 0] == 1 and (before, after) == (3, 6)
+  assert {o: int(f[0, 0, 0]) for o, f in known.items()} == {
+      -1: 0, 1: 2, 2: 3, 3: 4}
+  for i0, b, needle in ((5, 0, "video frame 5 picked as F0, but the video "
+                                "has 5 frames (0 to 4)"),
+                        (-1, 0, "video frame -1"),
+                        (1, sample.MAX_FRAMES_PER_SIDE, "frames_before")):
+    with pytest.raises(ValueError, match=re.escape(needle)) as e:
+      sample.from_video(clip, i0, b, 0)
+    assert one_line(e.value)
+
+
+def test_video_frame_out_of_range_writes_nothing(tmp_path, tiny_run):
+  """--video_frame past the video's end, through sample.run with a real
+  mp4: one line naming it, and the output never written."""
+  import av
+  video = str(tmp_path / "clip.mp4")
+  with av.open(video, "w") as out:
+    stream = out.add_stream("mpeg4", rate=8)
+    stream.width = stream.height = 64
+    stream.pix_fmt = "yuv420p"
+    for i in range(6):
+      frame = np.full((64, 64, 3), 40 * i, np.uint8)
+      out.mux(stream.encode(av.VideoFrame.from_ndarray(frame,
+                                                       format="rgb24")))
+    out.mux(stream.encode())
+  out = str(tmp_path / "out.mp4")
+  with pytest.raises(ValueError, match="video frame 40 picked as F0") as e:
+    sample.run(image=None, video=video, video_frame=40, prompt="",
+               frames_before=1, frames_after=1, seed=0, output=out,
+               checkpoint=tiny_run[0])
+  assert one_line(e.value)
+  assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]
