@@ -48,19 +48,6 @@ def manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
       item_names=("state", "data", "config"))
 
 
-def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
-  """The per-channel mean and std latents are normalised with, which the
-  encode step measured on the training data and training saved in the
-  model's config."""
-  mean = model_config.get("latent_mean")
-  std = model_config.get("latent_std")
-  if mean is None or std is None:
-    raise ValueError("the config has no latent statistics "
-                     "(config.model.latent_mean/latent_std): training sets "
-                     "them from the encoded latents")
-  return (np.asarray(mean, np.float32), np.asarray(std, np.float32))
-
-
 def restore_for_sampling(workdir: str, ema: int = 0):
   """(config, sampling params) from the latest checkpoint of a workdir: the
   weights of its ``ema``-th average (``config.train.ema_decays``).

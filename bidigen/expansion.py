@@ -221,8 +221,7 @@ def to_frames(params, latents):
 def model_params(unet_params: dict, model_config, autoencoder=None) -> dict:
   """What ``generate`` takes: the UNet's weights, TAEF2's, the latent
   statistics and the target's normalisers from the model's config."""
-  from bidigen import checkpoints  # pylint: disable=import-outside-toplevel
-  mean, std = checkpoints.latent_stats(model_config)
+  mean, std = motion.latent_stats(model_config)
   return {"unet": unet_params,
           "autoencoder": taef2.load() if autoencoder is None else autoencoder,
           "latent_mean": mean, "latent_std": std,

@@ -13,8 +13,9 @@ better. So the model generates what changes instead (``config.model
               and the correction r_t = z_t - warp(z_0, m_t) for what moving
               F0 cannot explain (disocclusions, new content, light).
 
-Differences are divided by their root mean square over the encoded data
-(``residual_rms`` per channel, ``motion_rms``; saved with the model), so
+Latents are normalised by the encoded data's per-channel mean and std
+(``latent_stats``); differences are divided by their root mean square over
+it (``residual_rms`` per channel, ``motion_rms``; all saved with the model), so
 the diffused channels have unit scale, and zero means "F0, unchanged" (no
 mean is subtracted). Pixels: the frame is F0 moved in pixel space plus the
 decoded correction, decode(z_t) - decode(warp(z_0, m_t)); where the model
@@ -103,6 +104,19 @@ def from_model(x, anchor, *, target: str, residual_rms, motion_rms):
     return a + x * residual_rms, None
   m = x[..., :MOTION_CHANNELS] * motion_rms
   return warp(a, m) + x[..., MOTION_CHANNELS:] * residual_rms, m
+
+
+def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
+  """The per-channel mean and std latents are normalised with, which the
+  encode step measured on the training data and training saved in the
+  model's config."""
+  mean = model_config.get("latent_mean")
+  std = model_config.get("latent_std")
+  if mean is None or std is None:
+    raise ValueError("the config has no latent statistics "
+                     "(config.model.latent_mean/latent_std): training sets "
+                     "them from the encoded latents")
+  return (np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
 def scales(model_config) -> dict:

@@ -187,7 +187,7 @@ class Trainer:
     validate(config, mesh)
     self.unet = models.build(config.model)
     self.tx = make_optimizer(cfg)
-    mean, std = checkpoints.latent_stats(config.model)
+    mean, std = motion.latent_stats(config.model)
     target = config.model.target
     init = functools.partial(
         init_state, unet=self.unet, tx=self.tx,
