@@ -304,13 +304,31 @@ def fill_latents(unet_params, buffer, known, anchor, keys, text, text_mask,
 
   carry = run((buffer, known), windows.first_pos[None],
               windows.first_offsets[None], jnp.ones((1,), bool))[0]
-  xs = (windows.pos, windows.offsets, windows.valid)
+  n = windows.valid.shape[0]
+
+  def step(carry, i, *x):
+    carry = run(carry, *x)[0]
+    # After the step's frames (the known mask depends on them), not before.
+    jax.debug.callback(_report, i + 1, n, carry[1].sum())
+    return carry, None
+  xs = (jnp.arange(n), windows.pos, windows.offsets, windows.valid)
   if use_scan:
-    carry, _ = jax.lax.scan(lambda c, x: run(c, *x), carry, xs)
+    carry, _ = jax.lax.scan(lambda c, x: step(c, *x), carry, xs)
   else:
-    for i in range(windows.valid.shape[0]):
-      carry, _ = run(carry, *(x[i] for x in xs))
+    for i in range(n):
+      carry, _ = step(carry, *(x[i] for x in xs))
   return carry[0]
+
+
+# Who hears of a running request's expansion steps: ``(step, steps)``
+# after each, from inside the compiled program (``sample.Generator`` sets
+# it for one call; a step may be heard once per device).
+progress = None
+
+
+def _report(step, steps, _):
+  if progress is not None:
+    progress(int(step), int(steps))
 
 
 def generate(params, images, known_motion, known_pos, known, keys, text,

@@ -110,8 +110,8 @@ class Generator:
                frames_after: int, seed: int = 0, steps: int | None = None,
                guidance: float | None = None, keys=None,
                solver: str | None = None, keyframes=None,
-               loop: bool = False, motion_strength: float = 1.0
-               ) -> np.ndarray:
+               loop: bool = False, motion_strength: float = 1.0,
+               progress=None) -> np.ndarray:
     """uint8 images [B, S, S, 3] -> uint8 frames [B, N + 1 + M, S, S, 3].
 
     S is the model's resolution R, or larger (up to
@@ -121,7 +121,9 @@ class Generator:
     keyframes, or a video's frames to extend); each appears exactly at its
     offset. ``loop``: F+M leads back into F-N.
     ``motion_strength`` scales the motion a "motion" model generates (0
-    keeps F0 in place; 1, the default, is the model's own).
+    keeps F0 in place; 1, the default, is the model's own). ``progress``
+    (step, steps) hears of each expansion step as it ends (of a replicated
+    request, once per device).
     """
     steps = self.config.sample.steps if steps is None else steps
     # An unknown solver is refused by diffusion.denoise_window, naming
@@ -174,11 +176,15 @@ class Generator:
     keys = expansion.sample_keys(seed, b) if keys is None else keys
     frames_in = np.stack(known, 1)
     x = frames_in.astype(np.float32) / 127.5 - 1.0
-    frames = np.asarray(self._compiled[key](
-        self.params, x, self.known_motion(media.resize_frames(
-            frames_in, self.resolution)), pos, mask, keys, text,
-        tmask, null, null_mask, windows, np.float32(guidance),
-        np.float32(motion_strength)))
+    expansion.progress = progress
+    try:
+      frames = np.asarray(self._compiled[key](
+          self.params, x, self.known_motion(media.resize_frames(
+              frames_in, self.resolution)), pos, mask, keys, text,
+          tmask, null, null_mask, windows, np.float32(guidance),
+          np.float32(motion_strength)))
+    finally:
+      expansion.progress = None
     return frames[:, side - frames_before:side + frames_after + 1]
 
 
@@ -215,6 +221,22 @@ def from_video(clip: np.ndarray, i0: int, frames_before: int,
   before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
   check_settings(before, after)
   return clip[i0], known, before, after
+
+
+def progress_lines(t0: float, every: float = 5.0):
+  """A ``progress`` for ``Generator``: a line at most every ``every``
+  seconds (and at the last step), each step once however many devices
+  report it."""
+  import time  # pylint: disable=import-outside-toplevel
+  last = {"step": 0, "time": t0}
+
+  def report(step: int, steps: int) -> None:
+    now = time.time()
+    if step <= last["step"] or (now - last["time"] < every and step < steps):
+      return
+    last.update(step=step, time=now)
+    print(f"  expansion step {step}/{steps}, {now - t0:.0f} s", flush=True)
+  return report
 
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,
@@ -289,7 +311,8 @@ def run(*, image: str | None, prompt: str, frames_before: int,
                frames_after=after, seed=seed, steps=steps,
                guidance=guidance, solver=solver,
                keyframes={o: f[None] for o, f in known.items()},
-               loop=loop, motion_strength=motion_strength)[0]
+               loop=loop, motion_strength=motion_strength,
+               progress=progress_lines(time.time()))[0]
   media.write_output(
       frames, -before, output, fps=gen.config.sample.fps,
       overwrite=overwrite,

@@ -2,6 +2,8 @@
 what loading a workdir builds, and that requests reuse one compiled
 program per length bucket while keyframes, loops and guidance change."""
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -122,3 +124,33 @@ def test_generator_compiles_once_per_length_bucket(workdir):
                           expansion.sample_keys(1, 1), text, mask, null,
                           null_mask, guidance=0.0), int)
   assert np.abs(want - e.astype(int)).max() <= 1
+
+
+def test_a_request_reports_each_expansion_step_once_compiled(workdir,
+                                                             capsys):
+  """``progress`` hears every expansion step in order, from inside the one
+  compiled program (a call without it reuses that program);
+  sample.progress_lines prints each step once, however often it is told."""
+  from bidigen import expansion
+  from bidigen import sample
+  gen = sample.Generator(workdir, mesh=one_device())
+  image = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3),
+                                            dtype=np.uint8)
+  heard = []
+  run = lambda **kw: gen(image, ["a red ball moves left"], frames_before=20,
+                         frames_after=12, seed=1, steps=2, **kw)
+  with_progress = run(progress=lambda k, n: heard.append((k, n)))
+  cfg = gen.config.model
+  n = expansion.plan_windows([0], 20, 12, cfg.window,
+                             cfg.context_frames)[0].valid.shape[0]
+  assert n > 2 and heard == [(k, n) for k in range(1, n + 1)]
+  np.testing.assert_array_equal(run(), with_progress)
+  assert all(f._cache_size() == 1 for f in gen._compiled.values())
+  assert expansion.progress is None  # Set for one call only.
+  capsys.readouterr()
+  lines = sample.progress_lines(time.time(), every=0.0)
+  for k in (1, 1, 2, 2, 1, 3):  # Told twice (two devices), or late.
+    lines(k, 3)
+  printed = capsys.readouterr().out.splitlines()
+  assert [line.split(",")[0] for line in printed] == [
+      f"  expansion step {k}/3" for k in (1, 2, 3)]
