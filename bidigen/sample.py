@@ -58,7 +58,6 @@ def check_settings(frames_before: int, frames_after: int,
                      f"{MAX_MOTION_STRENGTH:g}], got {motion_strength!r}")
 
 
-
 def check_output_resolution(size: int, resolution: int, frames: int) -> None:
   """Raises ValueError unless ``frames`` frames of ``size`` px are a
   request the model of ``resolution`` px serves: from its resolution to
@@ -70,6 +69,7 @@ def check_output_resolution(size: int, resolution: int, frames: int) -> None:
     raise ValueError(f"{frames} frames at {size}px are over "
                      f"{MAX_OUTPUT_PIXELS / 1e6:.0f} megapixels in all: ask "
                      f"for fewer frames or a smaller output resolution")
+
 
 class Generator:
   """A loaded model, ready to sample: what the CLI, GUI and Colab share.
@@ -206,7 +206,6 @@ def parse_keyframe(spec: str) -> tuple[str, int]:
 MAX_VIDEO_FRAMES = 256
 
 
-
 def from_video(clip: np.ndarray, i0: int, frames_before: int,
                frames_after: int) -> tuple:
   """A video extended both ways, as a request: F0 its frame ``i0``, every
@@ -237,6 +236,7 @@ def progress_lines(t0: float, every: float = 5.0):
     last.update(step=step, time=now)
     print(f"  expansion step {step}/{steps}, {now - t0:.0f} s", flush=True)
   return report
+
 
 def run(*, image: str | None, prompt: str, frames_before: int,
         frames_after: int, seed: int, output: str | None,

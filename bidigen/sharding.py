@@ -160,6 +160,7 @@ def in_batches(fn, size: int, *arrays) -> np.ndarray:
   rows, the last chunk padded with copies of its last row, so one compiled
   program serves every chunk (and a batch split over the mesh stays the
   same split); the results' real rows, concatenated."""
+  arrays = [np.asarray(a) for a in arrays]  # Once, not per chunk.
   n = len(arrays[0])
   if n == 0 or any(len(a) != n for a in arrays):
     raise ValueError(f"in_batches: arrays of lengths {[len(a) for a in arrays]}")
@@ -168,6 +169,6 @@ def in_batches(fn, size: int, *arrays) -> np.ndarray:
     k = min(size, n - i)
     chunk = [np.concatenate([a[i:i + k], np.repeat(a[i + k - 1:i + k],
                                                    size - k, 0)])
-             for a in map(np.asarray, arrays)]
+             for a in arrays]
     out.append(np.asarray(fn(*chunk))[:k])
   return np.concatenate(out)
