@@ -112,9 +112,15 @@ test: install
 test-slow: install
 	@$(call pytest,slow)
 
-# Every version is checked even when one fails; nonzero if any did.
+# The versions are checked at once (each is mostly one busy core: pip, then
+# compiling), each one's output shown when all are done; every version is
+# checked even when one fails; nonzero if any did.
 check-pythons: $(STAMP)
-	@rc=0; for v in $(PYTHONS); do .ci/check_python $$v || rc=1; done; \
+	@rc=0; logs="$$(mktemp -d)"; \
+	pids=; for v in $(PYTHONS); do \
+	  .ci/check_python $$v >"$$logs/$$v" 2>&1 & pids="$$pids $$!"; done; \
+	for p in $$pids; do wait $$p || rc=1; done; \
+	for v in $(PYTHONS); do cat "$$logs/$$v"; done; rm -rf "$$logs"; \
 	BIDIGEN_NOTEBOOK_PYTHON="$(CURDIR)/$(NOTEBOOK_VENV)/bin/python" \
 	  $(BIN)/python -m pytest -q \
 	  tests/test_colab.py::test_notebook_runs_on_colabs_python || rc=1; \

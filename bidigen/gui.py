@@ -23,6 +23,7 @@ The sampler is one compiled call, so the progress bar moves by stages.
 """
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -138,7 +139,6 @@ def check_settings(frames_before, frames_after, seed, steps, guidance, *,
 
 
 KEYFRAME_SLOTS = 3  # Keyframe rows on the page.
-MAX_VIDEO_FRAMES = 64  # Frames of an uploaded video read (model fps).
 
 
 def upload_video_path(payload, allowed=None) -> str | None:
@@ -148,23 +148,17 @@ def upload_video_path(payload, allowed=None) -> str | None:
   return upload_path(payload, allowed)
 
 
-def check_keyframes(slots, frames_before: int, frames_after: int,
-                    allowed=None) -> dict:
-  """(image payload, offset) pairs from the page -> {offset: path}, with
-  empty rows skipped; ValueError in words."""
-  out = {}
+def keyframe_slots(slots, allowed=None) -> list[tuple[str, int]]:
+  """(image payload, offset) pairs from the page -> [(path, offset)] for
+  ``sample.request`` (which checks the offsets against the frames asked
+  for), empty rows skipped; ValueError in words."""
+  out = []
+  far = sample.MAX_FRAMES_PER_SIDE + sample.MAX_VIDEO_FRAMES
   for i, (image, offset) in enumerate(slots, 1):
     path = upload_path(image, allowed)
-    if not path:
-      continue
-    check_image(path)
-    o = _whole(f"Keyframe {i}'s offset", offset, -frames_before,
-               frames_after)
-    if o == 0 or o in out:
-      raise ValueError(f"Keyframe {i}'s offset {o:+d} is "
-                       + ("F0, the image itself." if o == 0 else
-                          "taken by another keyframe."))
-    out[o] = path
+    if path:
+      check_image(path)
+      out.append((path, _whole(f"Keyframe {i}'s offset", offset, -far, far)))
   return out
 
 
@@ -215,103 +209,92 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
   folder = tempfile.mkdtemp(prefix="bidigen-gui-")
   compiled = set(warm)
 
-  def run(frame0, prompt, kw, progress):
-    total = kw["frames_before"] + 1 + kw["frames_after"]
-    setting = (kw["frames_before"], kw["frames_after"], kw["steps"],
-               kw["guidance"], tuple(sorted(kw["keyframes"])), kw["loop"])
+  def run(req, prompt, kw, extra, progress):
+    """Samples ``req`` with the settings ``kw`` (seed, steps, guidance);
+    ``extra``: the frames a video adds on each side beyond the typed
+    counts. Returns the outputs and the state "Expand" starts from."""
+    total = req.frames_before + 1 + req.frames_after
+    setting = (req.frames_before, req.frames_after, kw["steps"],
+               kw["guidance"], tuple(sorted(req.known)), req.loop)
     note = "" if setting in compiled else " (compiling this setting first)"
     progress(0.1, desc=f"Sampling {total} frames{note}")
     t0 = time.time()
-    args = {k: kw[k] for k in ("frames_before", "frames_after", "seed",
-                               "steps", "guidance", "loop")}
     try:
-      frames = gen(frame0[None], [prompt], **args, keyframes={
-          o: f[None] for o, f in kw["keyframes"].items()})[0]
+      frames = gen.sample(req, prompt, **kw)
     except ValueError as e:  # A loop shorter than a window, say.
       raise gr.Error(str(e)) from None
     compiled.add(setting)
     took = time.time() - t0
     progress(0.9, desc="Writing the video")
-    video = write_video(frames, kw["frames_before"], folder, fps=cfg.fps)
-    labels = captions(kw["frames_before"], len(frames))
-    last = dict(frame0=frame0, prompt=prompt, **kw)
-    keys = sorted(kw["keyframes"])
-    clip = sum(kw["extra"].values())
+    video = write_video(frames, req.frames_before, folder, fps=cfg.fps)
+    labels = captions(req.frames_before, len(frames))
+    last = dict(request=req, prompt=prompt, settings=kw, extra=extra)
+    keys = sorted(req.known)
+    clip = sum(extra.values())
     known = (f"; {clip + 1} frames from the video" if clip else
              f"; keyframes at {', '.join(f'F{o:+d}' for o in keys)}"
              if keys else "")
     summary = (f"{total} frames, {labels[0]} to {labels[-1]}, at "
                f"{gen.resolution}x{gen.resolution} px; seed {kw['seed']}, "
                f"{kw['steps']} steps, guidance {kw['guidance']:g}{known}"
-               f"{'; looped' if kw['loop'] else ''}; sampled in "
+               f"{'; looped' if req.loop else ''}; sampled in "
                f"{took:.1f} s.")
     return video, list(zip(frames, labels)), last, summary
 
   def read(image, before, after, seed, steps, guidance, loop, video,
            video_frame, *slots):
-    """The request's F0 and sampler keywords (keyframes, loop), or
-    gr.Error in words. A video's frames are keyframes at their offsets
-    from the one picked as F0; before/after extend beyond its ends."""
+    """The page's inputs -> (sample.Request, sampler settings, the frames
+    a video adds beyond the typed counts), or gr.Error in words."""
     try:
       kw = check_settings(before, after, seed, steps, guidance,
                           max_frames=max_frames)
-      path = upload_video_path(video)
-      known = {}
-      if path:
-        clip = media.load_video(path, gen.resolution, cfg.fps,
-                                MAX_VIDEO_FRAMES)
+      typed = {side: kw.pop(side) for side in ("frames_before",
+                                               "frames_after")}
+      video = upload_video_path(video)
+      if video:
+        image = None
         # -1 (the page's default) or empty: the middle frame.
-        i0 = (len(clip) // 2 if video_frame in (None, "", -1) else
-              _whole("F0's frame of the video", video_frame, 0,
-                     len(clip) - 1))
-        # The frames asked for: the typed counts beyond the video's ends.
-        typed = (kw["frames_before"], kw["frames_after"])
-        frame0, known, kw["frames_before"], kw["frames_after"] = (
-            sample.from_video(clip, i0, *typed))
-        kw["extra"] = {"frames_before": kw["frames_before"] - typed[0],
-                       "frames_after": kw["frames_after"] - typed[1]}
+        video_frame = (None if video_frame in (None, "", -1) else
+                       _whole("F0's frame of the video", video_frame, 0,
+                              sample.MAX_VIDEO_FRAMES - 1))
       else:
-        path = upload_path(image)
-        check_image(path)
-        frame0 = media.load_image(path, gen.resolution)
-        kw["extra"] = {"frames_before": 0, "frames_after": 0}
-      pairs = list(zip(slots[::2], slots[1::2]))
-      for o, p in check_keyframes(pairs, kw["frames_before"],
-                                  kw["frames_after"]).items():
-        if o in known:
-          raise ValueError(f"A keyframe at F{o:+d} falls on a frame of the "
-                           "video.")
-        known[o] = media.load_image(p, gen.resolution)
-      kw.update(keyframes=known, loop=bool(loop))
-      return frame0, kw
-    except ValueError as e:
+        image, video_frame = upload_path(image), None
+        check_image(image)
+      req = sample.request(gen.resolution, cfg.fps, **typed, image=image,
+                           video=video, video_frame=video_frame,
+                           keyframes=keyframe_slots(
+                               list(zip(slots[::2], slots[1::2]))),
+                           loop=bool(loop))
+      extra = {side: getattr(req, side) - n for side, n in typed.items()}
+      return req, kw, extra
+    except (ValueError, FileNotFoundError) as e:
       raise gr.Error(str(e)) from None
 
   def check(image, prompt, *numbers):
     read(image, *numbers)
 
   def generate(image, prompt, *numbers, progress=gr.Progress()):
-    frame0, kw = read(image, *numbers)
+    req, kw, extra = read(image, *numbers)
     cut = gen.encoder.too_long(prompt or "")
     if cut:
       print(f"warning: {cut}", flush=True)
       gr.Warning(cut[0].upper() + cut[1:] + ".")
-    return run(frame0, prompt or "", kw, progress)
+    return run(req, prompt or "", kw, extra, progress)
 
   def expander(side):
     def expand(last, progress=gr.Progress()):
-      if last is None or last[side] - last["extra"][side] + grow > (
-          max_frames):
+      if last is None or getattr(last["request"], side) - last["extra"][
+          side] + grow > max_frames:
         gr.Warning("Generate a video first, then expand it." if last is None
                    else f"At most {max_frames} frames a side "
                    "(--max_frames).")
         return (gr.skip(),) * 6
-      kw = dict(last)
-      kw[side] += grow
-      extra = kw["extra"]  # A video's frames beyond F0, not typed.
-      return run(kw.pop("frame0"), kw.pop("prompt"), kw, progress) + (
-          kw["frames_before"] - extra["frames_before"],
-          kw["frames_after"] - extra["frames_after"])
+      req = last["request"]
+      req = dataclasses.replace(req, **{side: getattr(req, side) + grow})
+      extra = last["extra"]  # A video's frames beyond F0, not typed.
+      return run(req, last["prompt"], last["settings"], extra, progress) + (
+          req.frames_before - extra["frames_before"],
+          req.frames_after - extra["frames_after"])
     return expand
 
   with gr.Blocks(title="bidigen", delete_cache=(3600, 3600)) as app:
@@ -361,7 +344,7 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
           clip_frame = gr.Number(
               label="Which of its frames is F0", value=-1, precision=0,
               elem_id="clip_frame",
-              info=f"-1: the middle one; at most {MAX_VIDEO_FRAMES} "
+              info=f"-1: the middle one; at most {sample.MAX_VIDEO_FRAMES} "
               f"frames at {cfg.fps} fps are read; the frame counts above "
               "are added beyond its ends")
         line = gr.Markdown(timeline(cfg.frames_before, cfg.frames_after, (),

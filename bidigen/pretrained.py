@@ -8,22 +8,19 @@ packages). A pickle can name any importable callable and so run any code, so
 every file is first checked against the sha256 recorded below and then read
 with one restricted unpickler that rebuilds arrays and nothing else.
 
-TAEF2 is converted once, by this module's command, into ``.npz`` files inside
-the package, so nothing is unpickled at run time:
+TAEF2 is converted once, by ``models/taef2.py``'s command, into ``.npz``
+files inside the package, so nothing is unpickled at run time:
 
-  python -m bidigen.pretrained taef2 --src=/work/shared/weights/taef2 \
+  python -m bidigen.models.taef2 --src=/work/shared/weights/taef2 \
       --out=bidigen/assets/taef2
 """
 
-import argparse
 import collections
 import hashlib
 import importlib.util
 import io
 import os
 import pickle
-import shutil
-import sys
 import zipfile
 from typing import Any, Callable, Mapping
 
@@ -36,7 +33,7 @@ TAEF2_PTH_SHA256 = {
     "taef2_decoder.pth":
         "0a44a31e1ae59eb9dbf9359d24942fd3ef5928162c1800d97a28c61d51be0ab5",
 }
-# What `python -m bidigen.pretrained taef2` writes from them (deterministic).
+# What `python -m bidigen.models.taef2` writes from them (deterministic).
 TAEF2_NPZ_SHA256 = {
     "encoder.npz":
         "179e3fd56df63e4dab6af7cf4a36bcf79d2f9482295ac8c18414287e750cb751",
@@ -290,51 +287,3 @@ def write_npz(path: str, tree: Mapping) -> None:
       np.lib.format.write_array(buf, arr, allow_pickle=False)
       info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
       zf.writestr(info, buf.getvalue())
-
-
-def convert_taef2(src: str, out: str) -> list[str]:
-  """The published TAEF2 .pth files -> float16 .npz in Flax layout."""
-  from bidigen.models import taef2  # pylint: disable=import-outside-toplevel
-  os.makedirs(out, exist_ok=True)
-  written = []
-  for part in ("encoder", "decoder"):
-    pth = f"taef2_{part}.pth"
-    state = read_torch_zip(os.path.join(src, pth), TAEF2_PTH_SHA256[pth])
-    params = taef2.from_torch(state, part)
-    path = os.path.join(out, f"{part}.npz")
-    write_npz(path, params)
-    written.append(path)
-  shutil.copyfile(os.path.join(src, "LICENSE"), os.path.join(out, "LICENSE"))
-  with open(os.path.join(out, "SOURCE.md"), "w") as f:
-    f.write(
-        "# TAEF2 weights (FLUX.2 latent space), converted\n\n"
-        "From `taef2_encoder.pth` / `taef2_decoder.pth` of madebyollin/taesd "
-        "(commit 5cccb12dc72074a4be35680c3b108548a7c69978), MIT licence "
-        "(LICENSE here). Converted by `python -m bidigen.pretrained taef2`: "
-        "float16 as published, conv kernels OIHW -> HWIO, keys renamed to "
-        "the Flax modules of `bidigen/models/taef2.py`.\n\n"
-        "| file | sha256 |\n|---|---|\n"
-        + "".join(f"| {os.path.basename(p)} | {sha256_file(p)} |\n"
-                  for p in written))
-  return written
-
-
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m bidigen.pretrained",
-      description="Convert published weights into the package.")
-  sub = parser.add_subparsers(dest="command", required=True)
-  p = sub.add_parser("taef2", help="TAEF2 .pth -> bidigen/assets/taef2/*.npz")
-  p.add_argument("--src", required=True,
-                 help="folder with taef2_{encoder,decoder}.pth and LICENSE")
-  p.add_argument("--out", default=TAEF2_DIR)
-  args = parser.parse_args(argv)
-  try:
-    for path in convert_taef2(args.src, args.out):
-      print(f"{path}  sha256 {sha256_file(path)}")
-  except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-  main()

@@ -7,6 +7,8 @@ prompts, pads requests so that lengths in a bucket share a program, and
 writes the output.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -187,6 +189,15 @@ class Generator:
       expansion.progress = None
     return frames[:, side - frames_before:side + frames_after + 1]
 
+  def sample(self, req: "Request", prompt: str, **settings) -> np.ndarray:
+    """One ``Request``'s frames, uint8 [N + 1 + M, S, S, 3], for
+    ``prompt``; ``settings`` (seed, steps, guidance, solver,
+    motion_strength, progress) as in ``__call__``."""
+    return self(req.frame0[None], [prompt], frames_before=req.frames_before,
+                frames_after=req.frames_after, loop=req.loop,
+                keyframes={o: f[None] for o, f in req.known.items()},
+                **settings)[0]
+
 
 def parse_keyframe(spec: str) -> tuple[str, int]:
   """"PATH@OFFSET" -> (path, offset); the last @ splits, so paths may
@@ -201,9 +212,46 @@ def parse_keyframe(spec: str) -> tuple[str, int]:
                      f"example end.png@16 or start.png@-8") from None
 
 
-# Frames of a --video read at most: each is a known frame the sampler
-# encodes, and beyond this a clip is better cut by the user.
+# Frames of a video read at most (CLI, GUI and Colab alike): each is a
+# known frame the sampler encodes, and beyond this a clip is better cut by
+# the user. A longer video is read up to here, so a 10-minute or 4K file
+# costs no more time or memory than this many frames.
 MAX_VIDEO_FRAMES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One video asked for, however it was given (an image or a video,
+  keyframes, a loop): F0 uint8 [S, S, 3], the frames known besides it
+  {offset: uint8 [S, S, 3]}, the frames wanted on each side, and whether
+  F+M leads back into F-N. ``request`` builds and checks it; the CLI, the
+  GUI and Colab send it to ``Generator.sample``."""
+  frame0: np.ndarray
+  known: dict
+  frames_before: int
+  frames_after: int
+  loop: bool = False
+  video_frame: int | None = None  # F0's frame of the video, if one.
+
+
+def check_keyframes(offsets, frames_before: int, frames_after: int,
+                    taken=()) -> None:
+  """The one rule for keyframe offsets: each in [-N, M], not 0 (F0 is the
+  image), not twice, not on a frame already ``taken`` (a video's)."""
+  seen = set(taken)
+  for o in offsets:
+    if o == 0:
+      raise ValueError("a keyframe at F+0: F0 is the image itself")
+    if o in seen:
+      raise ValueError(f"a keyframe at F{o:+d}: that frame is "
+                       + ("a frame of the video" if o in taken else
+                          "given twice"))
+    if not -frames_before <= o <= frames_after:
+      raise ValueError(
+          f"a keyframe at F{o:+d} is outside the frames asked for "
+          f"(F{-frames_before:+d} to F{frames_after:+d}): ask for more "
+          f"frames {'before' if o < 0 else 'after'} F0")
+    seen.add(o)
 
 
 def from_video(clip: np.ndarray, i0: int, frames_before: int,
@@ -211,8 +259,7 @@ def from_video(clip: np.ndarray, i0: int, frames_before: int,
   """A video extended both ways, as a request: F0 its frame ``i0``, every
   other frame known at its offset from F0, and ``frames_before`` /
   ``frames_after`` counted beyond the video's ends. Returns (F0, {offset:
-  frame}, frames before F0, frames after F0); what the CLI and the GUI both
-  send the Generator."""
+  frame}, frames before F0, frames after F0)."""
   if not 0 <= i0 < len(clip):
     raise ValueError(f"video frame {i0} picked as F0, but the video has "
                      f"{len(clip)} frames (0 to {len(clip) - 1})")
@@ -220,6 +267,35 @@ def from_video(clip: np.ndarray, i0: int, frames_before: int,
   before, after = i0 + frames_before, len(clip) - 1 - i0 + frames_after
   check_settings(before, after)
   return clip[i0], known, before, after
+
+
+def request(size: int, fps: float, *, frames_before: int, frames_after: int,
+            image: str | None = None, video: str | None = None,
+            video_frame: int | None = None, keyframes=(),
+            loop: bool = False) -> Request:
+  """A user's request, read at ``size`` px and checked: ``image`` (a path)
+  or ``video`` (a path, its frame ``video_frame`` F0, the middle one by
+  default, ``frames_before``/``frames_after`` counted beyond its ends),
+  ``keyframes`` [(path, offset)]. Every mistake is one ValueError (or
+  FileNotFoundError) naming it."""
+  if bool(image) == bool(video):
+    raise ValueError("give an image or a video, not both" if image else
+                     "an image (or a video) is required")
+  check_settings(frames_before, frames_after)
+  known = {}
+  before, after = frames_before, frames_after
+  if video:
+    clip = media.load_video(video, size, fps, MAX_VIDEO_FRAMES)
+    video_frame = len(clip) // 2 if video_frame is None else video_frame
+    frame0, known, before, after = from_video(clip, video_frame, before,
+                                              after)
+  else:
+    frame0 = media.load_image(image, size)
+  check_keyframes([o for _, o in keyframes], before, after, taken=known)
+  for path, o in keyframes:
+    known[o] = media.load_image(path, size)
+  return Request(frame0, known, before, after, bool(loop),
+                 video_frame if video else None)
 
 
 def progress_lines(t0: float, every: float = 5.0):
@@ -263,10 +339,11 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   check_settings(frames_before, frames_after, steps, guidance, seed,
                  motion_strength)
   keys = [parse_keyframe(k) for k in keyframes]
-  offsets = [o for _, o in keys]
-  if len(set(offsets)) < len(offsets) or 0 in offsets:
-    raise ValueError(f"--keyframe offsets {offsets} must differ and not be "
-                     f"0 (F0 is the --image)")
+  # A video's length is known once it is read; until then, the offsets'
+  # range is not checked.
+  far = MAX_FRAMES_PER_SIDE + MAX_VIDEO_FRAMES
+  check_keyframes([o for _, o in keys], far if video else frames_before,
+                  far if video else frames_after)
   media.check_output(output, overwrite=overwrite)
   # Bad input fails before the model loads.
   for path in [image] * bool(image) + [p for p, _ in keys]:
@@ -278,47 +355,30 @@ def run(*, image: str | None, prompt: str, frames_before: int,
   size = output_resolution or gen.resolution
   check_output_resolution(size, gen.resolution,
                           frames_before + frames_after + 1)
-  known = {}
-  before, after = frames_before, frames_after
-  if video:
-    clip = media.load_video(video, size, gen.config.sample.fps,
-                            MAX_VIDEO_FRAMES)
-    i0 = len(clip) // 2 if video_frame is None else video_frame
-    frame0, known, before, after = from_video(clip, i0, frames_before,
-                                              frames_after)
-  else:
-    frame0 = media.load_image(image, size)
-  for path, o in keys:
-    if o in known:
-      raise ValueError(f"--keyframe={path}@{o}: F{o:+d} is a frame of the "
-                       f"video already")
-    if not -before <= o <= after:
-      raise ValueError(f"--keyframe={path}@{o} is outside the frames asked "
-                       f"for (F{-before:+d} to F{after:+d}); raise "
-                       f"--frames_{'before' if o < 0 else 'after'}")
-    known[o] = media.load_image(path, size)
+  req = request(size, gen.config.sample.fps, frames_before=frames_before,
+                frames_after=frames_after, image=image, video=video,
+                video_frame=video_frame, keyframes=keys, loop=loop)
   cut = gen.encoder.too_long(prompt)
   if cut:
     print(f"bidigen: warning: {cut}", file=sys.stderr, flush=True)
+  before, after = req.frames_before, req.frames_after
   total = before + 1 + after
   model_size = (f" (the model at {gen.resolution}px)"
                 if size > gen.resolution else "")
   print(f"sampling {total} frames ({before} before, {after} after"
-        f"{', ' + str(len(known)) + ' known' if known else ''}"
+        f"{', ' + str(len(req.known)) + ' known' if req.known else ''}"
         f"{', looped' if loop else ''}) at {size}px{model_size}, prompt "
         f"{prompt!r} ...", flush=True)
-  frames = gen(frame0[None], [prompt], frames_before=before,
-               frames_after=after, seed=seed, steps=steps,
-               guidance=guidance, solver=solver,
-               keyframes={o: f[None] for o, f in known.items()},
-               loop=loop, motion_strength=motion_strength,
-               progress=progress_lines(time.time()))[0]
+  frames = gen.sample(req, prompt, seed=seed, steps=steps,
+                      guidance=guidance, solver=solver,
+                      motion_strength=motion_strength,
+                      progress=progress_lines(time.time()))
   media.write_output(
       frames, -before, output, fps=gen.config.sample.fps,
       overwrite=overwrite,
       info={"image": image and os.path.abspath(image),
             "video": video and os.path.abspath(video),
-            "video_frame": video and i0,
+            "video_frame": req.video_frame,
             "keyframes": {str(o): os.path.abspath(p) for p, o in keys},
             "loop": loop, "prompt": prompt, "seed": seed,
             "motion_strength": motion_strength, "output_resolution": size,

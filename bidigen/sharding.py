@@ -163,7 +163,8 @@ def in_batches(fn, size: int, *arrays) -> np.ndarray:
   arrays = [np.asarray(a) for a in arrays]  # Once, not per chunk.
   n = len(arrays[0])
   if n == 0 or any(len(a) != n for a in arrays):
-    raise ValueError(f"in_batches: arrays of lengths {[len(a) for a in arrays]}")
+    raise ValueError(
+        f"in_batches: arrays of lengths {[len(a) for a in arrays]}")
   out = []
   for i in range(0, n, size):
     k = min(size, n - i)

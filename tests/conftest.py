@@ -54,15 +54,18 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # by xdist's workers and every subprocess: the compilation cache, and what
 # the tests share (the tiny text encoder, clips, latents and trained run),
 # each built once under a file lock by whichever process needs it first.
+# A folder given in BIDIGEN_TEST_SHARED is used and kept: .ci/run gives
+# `make test` and `make test-slow` one, so the slow set reuses the fast
+# set's tiny run and compiled programs.
 if "BIDIGEN_TEST_SHARED" not in os.environ:
   _shared = tempfile.mkdtemp(prefix="bidigen-test-")
   atexit.register(shutil.rmtree, _shared, ignore_errors=True)
   os.environ["BIDIGEN_TEST_SHARED"] = _shared
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                        os.path.join(_shared, "jax_cache"))
-  os.environ.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 SHARED = os.environ["BIDIGEN_TEST_SHARED"]
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(SHARED, "jax_cache"))
+os.environ.update(JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 import pytest  # noqa: E402
 

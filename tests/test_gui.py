@@ -66,18 +66,21 @@ def test_keyframes_timeline_and_video_inputs(tmp_path):
   allowed = [media.EXAMPLES]
   other = os.path.join(media.EXAMPLES, "coffee.png")
   slots = [({"path": EXAMPLE}, 8), (None, 3), ({"path": other}, -2.0)]
-  assert gui.check_keyframes(slots, 4, 8, allowed) == {8: EXAMPLE,
-                                                      -2: other}
+  assert gui.keyframe_slots(slots, allowed) == [(EXAMPLE, 8), (other, -2)]
   for bad, match in [
-      ([({"path": EXAMPLE}, 9)], "Keyframe 1's offset must be a whole number "
-       "from -4 to 8, got 9"),
-      ([(None, 1), ({"path": EXAMPLE}, 0)], r"Keyframe 2's offset \+0 is F0"),
-      ([({"path": EXAMPLE}, 3), ({"path": other}, 3)], "taken by another"),
-      ([({"path": EXAMPLE}, None)], "Keyframe 1's offset"),
+      ([({"path": EXAMPLE}, 2.5)], "Keyframe 1's offset must be a whole "
+       "number"),
+      ([(None, 1), ({"path": EXAMPLE}, None)], "Keyframe 2's offset"),
       ([({"path": "/etc/passwd"}, 2)], "Upload the image through the page"),
   ]:
     with pytest.raises(ValueError, match=match):
-      gui.check_keyframes(bad, 4, 8, allowed)
+      gui.keyframe_slots(bad, allowed)
+  # The offsets' rule is the CLI's (sample.request, tests/test_inputs.py).
+  with pytest.raises(ValueError, match="given twice"):
+    sample.request(16, 8, image=EXAMPLE, frames_before=4, frames_after=8,
+                   keyframes=gui.keyframe_slots(
+                       [({"path": EXAMPLE}, 3), ({"path": other}, 3)],
+                       allowed))
   assert gui.timeline(4, 12, [8], True) == (
       "Timeline: F-4 … **F0 (image)** … **F+8 (keyframe)** … F+12, looped "
       "back to the start")

@@ -167,8 +167,11 @@ def test_keyframe_loop_and_video_requests_are_checked_first(tmp_path):
       (dict(image=image, keyframes=["end.png"]), "expected PATH@OFFSET"),
       (dict(image=image, keyframes=[f"{image}@x"]), "expected PATH@OFFSET"),
       (dict(image=image, keyframes=[f"{image}@3", f"{image}@3"]),
-       "must differ and not be 0"),
-      (dict(image=image, keyframes=[f"{image}@0"]), "must differ and not "),
+       "a keyframe at F+3: that frame is given twice"),
+      (dict(image=image, keyframes=[f"{image}@0"]),
+       "a keyframe at F+0: F0 is the image itself"),
+      (dict(image=image, keyframes=[f"{image}@9"]),
+       "a keyframe at F+9 is outside the frames asked for (F-4 to F+8)"),
       (dict(image=image, keyframes=[f"{tmp_path}/no.png@3"]),
        "image not found"),
       (dict(image=None, video=str(tmp_path / "clip.mp4")),
@@ -204,20 +207,78 @@ def test_a_video_request_is_its_frames_known_around_f0():
     assert one_line(e.value)
 
 
-def test_video_frame_out_of_range_writes_nothing(tmp_path, tiny_run):
-  """--video_frame past the video's end, through sample.run with a real
-  mp4: one line naming it, and the output never written."""
+def write_mp4(path, frames, rate=8):
+  """uint8 frames [N, H, W, 3] as an mpeg4 .mp4 at ``rate`` fps."""
   import av
-  video = str(tmp_path / "clip.mp4")
-  with av.open(video, "w") as out:
-    stream = out.add_stream("mpeg4", rate=8)
-    stream.width = stream.height = 64
+  with av.open(str(path), "w") as out:
+    stream = out.add_stream("mpeg4", rate=rate)
+    stream.height, stream.width = frames.shape[1:3]
     stream.pix_fmt = "yuv420p"
-    for i in range(6):
-      frame = np.full((64, 64, 3), 40 * i, np.uint8)
+    for frame in frames:
       out.mux(stream.encode(av.VideoFrame.from_ndarray(frame,
                                                        format="rgb24")))
     out.mux(stream.encode())
+  return str(path)
+
+
+def test_a_request_is_read_and_checked_in_one_place(tmp_path, monkeypatch):
+  """sample.request, what the CLI, the GUI and Colab build: an image or a
+  video and keyframes -> F0 and the known frames at their offsets, read at
+  the size asked for. A video is read up to sample.MAX_VIDEO_FRAMES (a
+  long one costs no more), and each mistake is one line naming it."""
+  image = str(tmp_path / "f0.png")
+  Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(image)
+  key = str(tmp_path / "k.png")
+  Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(key)
+  req = sample.request(16, 8, image=image, frames_before=2, frames_after=6,
+                       keyframes=[(key, 6), (key, -2)], loop=True)
+  assert req.frame0.shape == (16, 16, 3) and req.frame0.mean() > 190
+  assert sorted(req.known) == [-2, 6] and req.known[6].mean() < 60
+  assert (req.frames_before, req.frames_after, req.loop) == (2, 6, True)
+  # Twelve frames of rising grey; only MAX_VIDEO_FRAMES are read.
+  grey = np.arange(12, dtype=np.uint8)[:, None, None, None] * 20
+  video = write_mp4(tmp_path / "v.mp4", np.broadcast_to(
+      grey, (12, 32, 48, 3)).copy())
+  monkeypatch.setattr(sample, "MAX_VIDEO_FRAMES", 5)
+  req = sample.request(16, 8, video=video, frames_before=1, frames_after=3,
+                       keyframes=[(key, 4)])
+  assert req.video_frame == 2 and sorted(req.known) == [-2, -1, 1, 2, 4]
+  assert (req.frames_before, req.frames_after) == (3, 5)
+  assert abs(float(req.frame0.mean()) - 40) < 6  # The video's frame 2.
+  one = write_mp4(tmp_path / "one.mp4", np.full((1, 16, 16, 3), 9, np.uint8))
+  req = sample.request(16, 8, video=one, frames_before=2, frames_after=2)
+  assert req.known == {} and (req.frames_before, req.frames_after) == (2, 2)
+  (tmp_path / "k.txt").write_text("not a video")
+  truncated = tmp_path / "cut.mp4"  # Its index (at the end) cut off.
+  truncated.write_bytes(open(video, "rb").read()[:300])
+  for kw, needle in [
+      (dict(video=video, keyframes=[(key, 1)]),
+       "a keyframe at F+1: that frame is a frame of the video"),
+      (dict(video=video, keyframes=[(key, 9)]),
+       "a keyframe at F+9 is outside the frames asked for (F-2 to F+2): "
+       "ask for more frames after F0"),
+      (dict(video=video, video_frame=5), "video frame 5 picked as F0, but "
+       "the video has 5 frames"),
+      (dict(image=image, keyframes=[(key, -3)]), "outside the frames"),
+      (dict(image=image, frames_after=1,
+            keyframes=[(str(tmp_path / "no.png"), 1)]),
+       "image not found"),
+      (dict(image=image, video=video), "not both"),
+      (dict(), "an image (or a video) is required"),
+      (dict(video=str(truncated)), "cannot read video"),
+      (dict(video=str(tmp_path / "k.txt")), "cannot read video"),
+  ]:
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+      sample.request(16, 8, **{"frames_before": 0, "frames_after": 0, **kw})
+    assert needle in str(e.value) and one_line(e.value), (kw, e.value)
+
+
+def test_video_frame_out_of_range_writes_nothing(tmp_path, tiny_run):
+  """--video_frame past the video's end, through sample.run with a real
+  mp4: one line naming it, and the output never written."""
+  video = write_mp4(tmp_path / "clip.mp4", np.arange(
+      6, dtype=np.uint8)[:, None, None, None] * np.full((64, 64, 3), 40,
+                                                       np.uint8))
   out = str(tmp_path / "out.mp4")
   with pytest.raises(ValueError, match="video frame 40 picked as F0") as e:
     sample.run(image=None, video=video, video_frame=40, prompt="",

@@ -170,12 +170,12 @@ def test_taef2_matches_the_published_state_dict(taef2_params):
 @pytest.mark.skipif(not os.path.isdir(TAEF2_SRC),
                     reason=f"{TAEF2_SRC}: the published .pth files")
 def test_converter_reproduces_the_packaged_weights(tmp_path):
-  pretrained.main(["taef2", f"--src={TAEF2_SRC}", f"--out={tmp_path}"])
+  taef2.main([f"--src={TAEF2_SRC}", f"--out={tmp_path}"])
   for name, sha in pretrained.TAEF2_NPZ_SHA256.items():
     assert pretrained.sha256_file(str(tmp_path / name)) == sha
   assert (tmp_path / "LICENSE").read_text().startswith("MIT License")
   with pytest.raises(SystemExit, match="^error: .*not found$"):
-    pretrained.main(["taef2", f"--src={tmp_path}", f"--out={tmp_path}"])
+    taef2.main([f"--src={tmp_path}", f"--out={tmp_path}"])
 
 
 # --- The restricted unpickler -------------------------------------------------

@@ -10,10 +10,13 @@ latent channels. It is a pretrained feature extractor, never trained here:
 Images are NHWC floats in [0, 1] at this interface (the taesd convention, not
 [-1, 1]); latents are the raw encoder outputs, standard deviation about 0.9.
 Weights: ``bidigen/assets/taef2/*.npz``, converted once from the published
-``.pth`` by ``python -m bidigen.pretrained taef2`` (see that module).
+``.pth`` by this module's command, ``python -m bidigen.models.taef2``.
 """
 
+import argparse
 import os
+import shutil
+import sys
 
 import flax.linen as nn
 import jax
@@ -185,3 +188,50 @@ def decode(params: dict, latents: jax.Array) -> jax.Array:
   dtype = jax.tree_util.tree_leaves(p)[0].dtype
   x = Decoder().apply({"params": p}, z.astype(dtype))
   return unflat(jnp.clip(x, 0, 1))
+
+
+def convert(src: str, out: str) -> list[str]:
+  """The published TAEF2 .pth files -> float16 .npz in Flax layout."""
+  os.makedirs(out, exist_ok=True)
+  written = []
+  for part in ("encoder", "decoder"):
+    pth = f"taef2_{part}.pth"
+    state = pretrained.read_torch_zip(os.path.join(src, pth),
+                                     pretrained.TAEF2_PTH_SHA256[pth])
+    params = from_torch(state, part)
+    path = os.path.join(out, f"{part}.npz")
+    pretrained.write_npz(path, params)
+    written.append(path)
+  shutil.copyfile(os.path.join(src, "LICENSE"), os.path.join(out, "LICENSE"))
+  with open(os.path.join(out, "SOURCE.md"), "w") as f:
+    f.write(
+        "# TAEF2 weights (FLUX.2 latent space), converted\n\n"
+        "From `taef2_encoder.pth` / `taef2_decoder.pth` of madebyollin/taesd "
+        "(commit 5cccb12dc72074a4be35680c3b108548a7c69978), MIT licence "
+        "(LICENSE here). Converted by `python -m bidigen.models.taef2`: "
+        "float16 as published, conv kernels OIHW -> HWIO, keys renamed to "
+        "the Flax modules of `bidigen/models/taef2.py`.\n\n"
+        "| file | sha256 |\n|---|---|\n"
+        + "".join(f"| {os.path.basename(p)} | "
+                  f"{pretrained.sha256_file(p)} |\n" for p in written))
+  return written
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(
+      prog="python -m bidigen.models.taef2",
+      description="Convert the published TAEF2 .pth files into the "
+      "package's .npz (bidigen/assets/taef2/).")
+  parser.add_argument("--src", required=True, help="folder with "
+                      "taef2_{encoder,decoder}.pth and LICENSE")
+  parser.add_argument("--out", default=pretrained.TAEF2_DIR)
+  args = parser.parse_args(argv)
+  try:
+    for path in convert(args.src, args.out):
+      print(f"{path}  sha256 {pretrained.sha256_file(path)}")
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()

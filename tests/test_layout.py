@@ -1,0 +1,64 @@
+"""The package's layering: its modules import each other without a cycle,
+counting imports inside functions (a cycle hidden in a function still ties
+two modules together, and breaks the day someone moves the import up)."""
+
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_graph() -> dict[str, set[str]]:
+  """{module: the bidigen modules it imports anywhere in its code}."""
+  files = {}
+  for folder, _, names in os.walk(os.path.join(ROOT, "bidigen")):
+    for name in names:
+      if name.endswith(".py"):
+        path = os.path.join(folder, name)
+        module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+        files[module.removesuffix(".__init__")] = path
+  graph = {}
+  for module, path in files.items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    deps = set()
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        deps.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        for a in node.names:  # `from bidigen import x`: module x.
+          full = f"{node.module}.{a.name}"
+          deps.add(full if full in files else node.module)
+    graph[module] = {d for d in deps if d in files and d != module}
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """Each cycle a depth-first search meets, as the modules around it."""
+  state, path, found = {}, [], []
+
+  def visit(u):
+    state[u] = "open"
+    path.append(u)
+    for v in sorted(graph[u]):
+      if state.get(v) == "open":
+        found.append(path[path.index(v):] + [v])
+      elif v not in state:
+        visit(v)
+    path.pop()
+    state[u] = "done"
+
+  for module in sorted(graph):
+    if module not in state:
+      visit(module)
+  return found
+
+
+def test_modules_import_each_other_without_a_cycle():
+  graph = import_graph()
+  assert {"bidigen.sample", "bidigen.models.taef2",
+          "bidigen.pretrained"} <= set(graph)
+  assert "bidigen.pretrained" in graph["bidigen.models.taef2"]
+  assert cycles(graph) == []
+  # The search finds one when there is one.
+  assert cycles({**graph, "bidigen.pretrained": {"bidigen.models.taef2"}})
