@@ -19,6 +19,7 @@ import json
 import os
 import time
 
+from absl import logging
 import jax
 import numpy as np
 from PIL import Image
@@ -304,9 +305,9 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   if run.centre < run.window - 1:
     raise ValueError(f"clips of {n_frames} frames are too short to evaluate "
                      f"a {run.window}-frame window both ways")
-  print(f"evaluate: {len(clips)} clips x {run.samples} samples, "
-        f"{settings['steps']} {settings['solver']} steps, guidance "
-        f"{settings['guidance']}", flush=True)
+  logging.info("evaluate: %d clips x %d samples, %s %s steps, guidance %s",
+               len(clips), run.samples, settings["steps"],
+               settings["solver"], settings["guidance"])
   clf_acc = None
   if "object_positions" in clips[0]:
     run.feature_fn, clf_acc = clf_lib.train(
@@ -325,8 +326,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   table = task_table(run)
   for name in names:
     if name == "output_resolution" and not run.camera_data:
-      print("  output_resolution: skipped (it needs the camera test clips, "
-            "config.eval.data=camera)", flush=True)
+      logging.info("output_resolution: skipped (it needs the camera test "
+                   "clips, config.eval.data=camera)")
       continue
     report["tasks"][name], sheets[name] = table[name]()
     if name not in ("loop", "output_resolution"):  # Scored with FVD.

@@ -23,8 +23,10 @@ The sampler is one compiled call, so the progress bar moves by stages.
 """
 
 import argparse
+import atexit
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -206,7 +208,10 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
 
   cfg = gen.config.sample
   grow = gen.config.model.window - gen.config.model.context_frames
+  # The server's own files: the latest request's video (gradio serves a
+  # copy from its cache, which delete_cache below empties after an hour).
   folder = tempfile.mkdtemp(prefix="bidigen-gui-")
+  atexit.register(shutil.rmtree, folder, ignore_errors=True)
   compiled = set(warm)
 
   def run(req, prompt, kw, extra, progress):
@@ -226,6 +231,11 @@ def build_app(gen: sample.Generator, *, max_frames: int = 64, warm=()):
     compiled.add(setting)
     took = time.time() - t0
     progress(0.9, desc="Writing the video")
+    # Requests run one at a time, and gradio copied the last one's video
+    # into its cache before this one started: only this one's stays, so a
+    # client that left mid-request leaves nothing behind.
+    for name in os.listdir(folder):
+      os.remove(os.path.join(folder, name))
     video = write_video(frames, req.frames_before, folder, fps=cfg.fps)
     labels = captions(req.frames_before, len(frames))
     last = dict(request=req, prompt=prompt, settings=kw, extra=extra)

@@ -38,6 +38,7 @@ import re
 import shutil
 import time
 
+from absl import logging
 import grain
 import numpy as np
 
@@ -247,7 +248,7 @@ def encode(config, *, overwrite: bool = False,
     one = config.copy_and_resolve_references()
     one.data = section
     if len(config.data.get("sources") or ()) > 1:
-      print(f"encoding source {name}", flush=True)
+      logging.info("encoding source %s", name)
     paths.append(encode_one(one, overwrite=overwrite,
                             batch_clips=batch_clips))
   return paths
@@ -273,7 +274,8 @@ def encode_one(config, *, overwrite: bool = False,
   path = cache_dir(config.data)
   if os.path.exists(os.path.join(path, META)) and not overwrite:
     read_meta(path)
-    print(f"latents already encoded in {path} (--overwrite encodes again)")
+    logging.info("latents already encoded in %s (--overwrite encodes "
+                 "again)", path)
     return path
   # The folder is replaced at the end: only if it holds a cache and nothing
   # else (a user's folder given as latents_dir is never removed).
@@ -397,8 +399,8 @@ def encode_one(config, *, overwrite: bool = False,
     shutil.rmtree(path)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   os.replace(tmp, path)
-  print(f"encoded {count} clips into {path} in {seconds:.1f}s "
-        f"({1000 * seconds / max(count, 1):.0f}s per 1000 clips, "
-        f"{meta['bytes_per_clip']} bytes per clip; the uint8 video is "
-        f"{meta['video_bytes_per_clip']})", flush=True)
+  logging.info("encoded %d clips into %s in %.1fs (%.0fs per 1000 clips, "
+               "%d bytes per clip; the uint8 video is %d)", count, path,
+               seconds, 1000 * seconds / max(count, 1),
+               meta["bytes_per_clip"], meta["video_bytes_per_clip"])
   return path

@@ -14,6 +14,7 @@ On several hosts, each runs the same command plus (see launch/README.md)
 which TPU VMs, Slurm and Open MPI can leave to the environment.
 """
 
+import logging as py_logging
 import os
 import sys
 
@@ -128,21 +129,20 @@ def train(config) -> None:
 def evaluate(config) -> None:
   from bidigen import evaluate as evaluate_lib
   report = evaluate_lib.evaluate(config, FLAGS.workdir, FLAGS.checkpoint)
-  print(f"wrote {FLAGS.workdir}/report.md, report.json and sheets/ "
-        f"({report['seconds']} s)")
+  logging.info("wrote %s/report.md, report.json and sheets/ (%s s)",
+               FLAGS.workdir, report["seconds"])
 
 
 def gate(config) -> None:
   from bidigen import gate as gate_lib
   r = gate_lib.run(config, FLAGS.workdir, FLAGS.checkpoint)
   old = r["embedded_score"]
-  print(f"gate: score {r['score']:.3f} (LPIPS {r['lpips']:.3f} vs copy-F0 "
-        f"{r['lpips_copy_f0']:.3f}, FVD {r['fvd']:.1f} vs "
-        f"{r['fvd_copy_f0']:.1f}, camera accuracy "
-        f"{r['camera_accuracy']:.2f}); embedded model "
-        f"{'not scored' if old is None else f'{old:.3f}'}: "
-        f"{'passes' if r['passes'] else 'does not pass'} "
-        f"({FLAGS.workdir}/gate.json)")
+  logging.info(
+      "gate: score %.3f (LPIPS %.3f vs copy-F0 %.3f, FVD %.1f vs %.1f, "
+      "camera accuracy %.2f); embedded model %s: %s (%s/gate.json)",
+      r["score"], r["lpips"], r["lpips_copy_f0"], r["fvd"], r["fvd_copy_f0"],
+      r["camera_accuracy"], "not scored" if old is None else f"{old:.3f}",
+      "passes" if r["passes"] else "does not pass", FLAGS.workdir)
 
 
 def sample(config) -> None:
@@ -164,7 +164,8 @@ def prepare(config) -> None:
   from bidigen import latents
   for section, _ in latents.sources(config.data).values():
     builder = data.get_builder(section, prepare=True)
-    print(f"prepared {builder.info.full_name} in {builder.data_dir}")
+    logging.info("prepared %s in %s", builder.info.full_name,
+                 builder.data_dir)
 
 
 def encode(config) -> None:
@@ -180,13 +181,22 @@ def export(config) -> None:
   checkpoints.export_model(params, cfg, FLAGS.output,
                            overwrite=FLAGS.overwrite,
                            dtype=FLAGS.export_dtype)
-  print(f"exported {FLAGS.workdir} (EMA decay "
-        f"{cfg.train.ema_decays[FLAGS.ema]}) to {FLAGS.output}")
+  logging.info("exported %s (EMA decay %s) to %s", FLAGS.workdir,
+               cfg.train.ema_decays[FLAGS.ema], FLAGS.output)
+
+
+def ours_or_warnings(record) -> bool:
+  """A log filter: bidigen's INFO lines (what a run reports: resumed,
+  stopped, encoded, exported, the gate's score) and every library's
+  warnings; Orbax's many INFO lines would drown ours."""
+  return (record.levelno >= py_logging.WARNING
+          or f"{os.sep}bidigen{os.sep}" in record.pathname)
 
 
 def main(argv) -> None:
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines drown ours.
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(ours_or_warnings)
   try:
     run(argv)
   except (ValueError, OSError, FloatingPointError) as e:

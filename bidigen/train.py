@@ -362,8 +362,9 @@ class _Writer:
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       if is_main:
-        print(f"clu's metric writers are unavailable ({e}): metrics go to "
-              f"{workdir}/metrics.jsonl and this log only", flush=True)
+        logging.warning("clu's metric writers are unavailable (%s): metrics "
+                        "go to %s/metrics.jsonl and this log only", e,
+                        workdir)
       self.writer = self.report = None
       return
     self.writer = metric_writers.create_default_writer(
@@ -423,9 +424,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   trainer = Trainer(config, mesh, metas[0]["text_dim"])
   process, processes = jax.process_index(), jax.process_count()
   if len(caches) > 1:
-    print("training on " + ", ".join(
+    logging.info("training on %s", ", ".join(
         f"{name} ({w / sum(weights):.0%}, {m['num_clips']} clips)"
-        for name, w, m in zip(srcs, weights, metas)), flush=True)
+        for name, w, m in zip(srcs, weights, metas)))
   loader = latents_lib.make_mixture_loader(
       caches, weights, global_batch_size=cfg.batch_size, seed=config.seed,
       shard_index=process, shard_count=processes)
@@ -439,7 +440,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   if start is None:
     if cfg.init_from:
       state = warm_start(trainer, jax.random.key(config.seed), cfg.init_from)
-      print(f"warm start from {cfg.init_from}", flush=True)
+      logging.info("warm start from %s", cfg.init_from)
     else:
       state = trainer.init(jax.random.key(config.seed))
     start = 0
@@ -450,8 +451,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     state = restored["state"]
     if is_main:  # Steps after the checkpoint are logged again below.
       drop_metrics_after(jsonl, start)
-    logging.info("resumed from step %d", start)
-    print(f"resuming from step {start} in {workdir}", flush=True)
+    logging.info("resuming from step %d in %s", start, workdir)
 
   writer = _Writer(workdir, is_main, cfg.num_steps, cfg.log_every)
   root = jax.random.key(config.seed)
@@ -510,8 +510,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
         save(done)
       if stop:
         mngr.wait_until_finished()
-        print(f"stopped at step {done} (SIGTERM or Ctrl-C): saved a "
-              "checkpoint, exiting", flush=True)
+        logging.info("stopped at step %d (SIGTERM or Ctrl-C): saved a "
+                     "checkpoint, exiting", done)
         break
   mngr.wait_until_finished()
   writer.flush()

@@ -56,8 +56,8 @@ def start(tmp_path_factory, data_dir):
   devices, by default with FSDP_CONFIG, where TensorFlow, TFDS and
   transformers cannot be imported. The runs inherit the session's
   compilation cache (tests/conftest.py): those on one mesh compile once.
-  stderr goes to a file, so only stdout (which the tests read) can fill a
-  pipe."""
+  stderr (its log: resumed, stopped) goes to a file, so only stdout (the
+  step lines, which the tests wait for) can fill a pipe."""
   tmp = tmp_path_factory.mktemp("runs")
   fsdp_config = tmp / "fsdp_tiny.py"
   fsdp_config.write_text(FSDP_CONFIG)
@@ -83,9 +83,11 @@ def start(tmp_path_factory, data_dir):
   return start
 
 
-def stderr(proc):
+def stderr(proc, tail=3000):
+  """The process's log (absl logging's lines), its last ``tail`` chars."""
   proc.err.seek(0)
-  return proc.err.read()[-3000:]
+  text = proc.err.read()
+  return text if tail is None else text[-tail:]
 
 
 def finish(proc):
@@ -120,7 +122,8 @@ def free_port():
 @pytest.fixture(scope="module")
 def runs(start, tmp_path_factory):
   """Uninterrupted runs of the tiny config, at once: on 1 device, and on 2
-  processes of 2 devices each; (losses of each, stdout of each process)."""
+  processes of 2 devices each; (losses of each, stdout and log of each
+  process)."""
   tmp = tmp_path_factory.mktemp("runs")
   port = free_port()
   tiny = "configs/synthetic.py:tiny"
@@ -130,7 +133,8 @@ def runs(start, tmp_path_factory):
       for i in range(2)]
   outs = [finish(p) for p in procs]
   return {"one": losses(tmp / "one"), "two": losses(tmp / "two"),
-          "outs": outs, "two_dir": tmp / "two"}
+          "outs": outs, "logs": [stderr(p, None) for p in procs],
+          "two_dir": tmp / "two"}
 
 
 def test_global_batches_do_not_depend_on_the_process_count(data_dir):
@@ -157,8 +161,8 @@ def test_global_batches_do_not_depend_on_the_process_count(data_dir):
 def test_same_losses_on_1_device_and_2_processes(runs):
   np.testing.assert_allclose(runs["two"], runs["one"], rtol=RTOL)
   # Without TensorFlow, training says where its metrics go instead.
-  assert "clu's metric writers are unavailable" in runs["outs"][0]
-  assert "metrics.jsonl" in runs["outs"][0]
+  assert "clu's metric writers are unavailable" in runs["logs"][0]
+  assert "metrics.jsonl" in runs["logs"][0]
   # Process 0 alone reports; both wrote their parts of each checkpoint.
   outs = runs["outs"]
   assert f"step {STEPS}/{STEPS}" in outs[1]
@@ -209,10 +213,11 @@ def test_fsdp_run_stopped_by_sigterm_and_sigkill_logs_one_devices_losses(
   proc = start(workdir, "--config.train.checkpoint_every=100")
   wait_for_line(proc, f"step 2/{STEPS}")
   proc.send_signal(signal.SIGTERM)
-  out = finish(proc)
-  stopped = int(out.split("stopped at step ")[1].split(" ")[0])
+  finish(proc)
+  log = stderr(proc, None)
+  stopped = int(log.split("stopped at step ")[1].split(" ")[0])
   assert (f"stopped at step {stopped} (SIGTERM or Ctrl-C): saved a "
-          "checkpoint, exiting") in out
+          "checkpoint, exiting\n") in log
   assert 2 <= stopped < STEPS
   assert os.listdir(ckpts) == [str(stopped)]
 
@@ -221,16 +226,17 @@ def test_fsdp_run_stopped_by_sigterm_and_sigkill_logs_one_devices_losses(
   # first even step's save is complete three steps later.
   proc = start(workdir, "--config.train.checkpoint_every=2")
   first = stopped + 2 - stopped % 2
-  lines = wait_for_line(proc, f"step {first + 3}/{STEPS}")
-  assert f"resuming from step {stopped} in {workdir}\n" in lines
+  wait_for_line(proc, f"step {first + 3}/{STEPS}")
   proc.kill()
   proc.communicate()
+  assert f"resuming from step {stopped} in {workdir}\n" in stderr(proc, None)
   saved = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
   assert saved in (first, first + 2)
 
   # Resumed to the end: one history, the uninterrupted run's losses.
-  out = finish(start(workdir, "--config.train.checkpoint_every=2"))
-  assert f"resuming from step {saved} in {workdir}\n" in out
+  proc = start(workdir, "--config.train.checkpoint_every=2")
+  finish(proc)
+  assert f"resuming from step {saved} in {workdir}\n" in stderr(proc, None)
   resumed = losses(workdir)
   with capsys.disabled():
     print(f"\nSIGTERM after step 2: checkpoint at step {stopped}, no step "

@@ -232,7 +232,7 @@ def test_evaluate_end_to_end_on_tiny(tmp_path, tiny_data, tiny_run,
                   "--config.eval.steps=2", "--config.eval.samples_per_clip=1",
                   "--config.eval.batch_size=2")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "report.md" in proc.stdout
+  assert "report.md" in proc.stderr  # The run's log (absl logging).
   with open(os.path.join(out, "report.json")) as f:
     report = json.load(f)
   assert report["num_clips"] == 2 and report["samples_per_clip"] == 1

@@ -374,3 +374,92 @@ def test_server_survives_bad_requests_and_writes_only_its_temp(server,
   urllib.request.urlopen(url, timeout=10).close()  # Still serving.
   assert proc.poll() is None, log.read_text()[-3000:]
   assert os.listdir(cwd) == []
+
+
+def _rss_mb(pid: int) -> float:
+  with open(f"/proc/{pid}/status") as f:
+    line = next(l for l in f if l.startswith("VmRSS:"))
+  return int(line.split()[1]) / 1024
+
+
+@pytest.mark.slow
+def test_sixteen_requests_from_four_clients_get_their_own_videos(server):
+  """One server, four gradio_client clients sending four requests each at
+  once (seeds 0-7, each seed twice): every request gets its own video (the
+  same seed the same frames, another seed other frames, F0 the same for
+  all), queued requests hear their place in the queue, the server's memory
+  stays flat after the first compile, and a client that leaves mid-request
+  leaves no file of its own in the server's folder."""
+  gradio_client = pytest.importorskip("gradio_client")
+  import concurrent.futures
+  url, proc, log, tmp, _ = server
+  guidance = _MODEL_SAMPLE["guidance"]
+
+  def settings(seed):
+    return [BEFORE, AFTER, seed, STEPS, guidance, False, None, -1] + [
+        None, None] * gui.KEYFRAME_SLOTS
+
+  def frames(out):
+    gallery = out[1]
+    return np.stack([np.asarray(Image.open(g["image"])) for g in gallery])
+
+  def client_run(c, seeds):
+    """One client's requests, one after another; (seed, frames, ranks)."""
+    client = gradio_client.Client(url, verbose=False)
+    done = []
+    for seed in seeds:
+      job = client.submit(gradio_client.handle_file(EXAMPLE), "a red ball",
+                          *settings(seed), api_name="/generate")
+      ranks = set()
+      while not job.done():
+        s = job.status()
+        if s.code == gradio_client.utils.Status.IN_QUEUE and s.rank:
+          ranks.add((s.rank, s.queue_size))
+        time.sleep(0.05)
+      done.append((seed, frames(job.result()), ranks))
+    client.close()
+    return done
+
+  # The first round compiles; memory is measured from its end.
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    first = list(pool.map(lambda c: client_run(c, [c]), range(4)))
+  rss_first = _rss_mb(proc.pid)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    rest = list(pool.map(lambda c: client_run(
+        c, [(c + 4 * k) % 8 for k in (1, 2, 3)]), range(4)))
+  rss_last = _rss_mb(proc.pid)
+  results = [r for client in first + rest for r in client]
+  assert len(results) == 16
+  by_seed = {}
+  for seed, video, _ in results:
+    assert video.shape[0] == BEFORE + 1 + AFTER
+    by_seed.setdefault(seed, []).append(video)
+  assert sorted(by_seed) == list(range(8))
+  f0 = results[0][1][BEFORE]
+  for seed, (a, b) in by_seed.items():
+    np.testing.assert_array_equal(a, b, err_msg=f"seed {seed}")
+    np.testing.assert_array_equal(a[BEFORE], f0)  # The user's F0.
+  assert not np.array_equal(by_seed[0][0], by_seed[1][0])
+  ranks = set().union(*(r for _, _, r in results))
+  assert any(rank >= 1 and size >= 2 for rank, size in ranks), ranks
+
+  # A client that leaves while its request runs.
+  videos = lambda: sorted(f for _, _, fs in os.walk(tmp) for f in fs
+                          if f.endswith(".mp4") and f.startswith("bidigen_"))
+  before_leaving = videos()
+  client = gradio_client.Client(url, verbose=False)
+  job = client.submit(gradio_client.handle_file(EXAMPLE), "a red ball",
+                      *settings(99), api_name="/generate")
+  while job.status().code != gradio_client.utils.Status.PROCESSING:
+    time.sleep(0.05)
+  job.cancel()
+  client.close()
+  after = client_run(0, [0])  # The server is free again, and serves.
+  np.testing.assert_array_equal(after[0][1], by_seed[0][0])
+  print(f"\nserver RSS {rss_first:.0f} MB after the first 4 requests, "
+        f"{rss_last:.0f} MB after 16; queue places heard: {sorted(ranks)}; "
+        f"the server's videos: {len(before_leaving)} before a client left, "
+        f"{len(videos())} after")
+  assert rss_last - rss_first < 150, (rss_first, rss_last)
+  assert len(videos()) <= 1  # Only the latest request's, whoever left.
+  assert proc.poll() is None, log.read_text()[-3000:]
