@@ -6,9 +6,7 @@
 Prints: peak float32 matmul GFLOP/s (the best of 20 jitted 2048x2048 a @ b);
 TAEF2's encoder and decoder in ms per frame at 128 and 256 px; the train
 step from cached latents (s/step, steps/s, XLA's FLOP count and the fraction
-of peak) next to the old step that ran the encoder inside it (the same UNet
-step after TAEF2 encodes the clip's pixels), both timed here in the same
-run; and sampling with the embedded model: compile times (the first call,
+of peak); and sampling with the embedded model: compile times (the first call,
 another length in the same bucket, another guidance) and s/frame and FLOP/s
 for 9, 17, 33 and 65 frames, and 17 frames at guidance 3 beside the model's
 guidance 1 (which skips the unconditional half). On a CPU it then times the
@@ -21,8 +19,8 @@ each of them runs). The header names the allocator this process runs with.
 
 On an accelerator (or with ``--accelerator``) it instead measures the
 chip's bf16 matmul peak and times the real train step of ``--config``
-(``configs/webvid.py:runlocal``: 256 px, bf16) in several variants: the old
-path (float32, XLA attention), bf16 with XLA and with cuDNN attention, and
+(``configs/webvid.py:runlocal``: 256 px, bf16) in several variants: float32
+with XLA attention, bf16 with XLA and with cuDNN attention, and
 each rematerialisation policy, printing step time, model TFLOP/s, MFU
 against the chip's data-sheet bf16 peak and against the measured one, and
 XLA's temporary memory:
@@ -92,7 +90,7 @@ ACCELERATOR_VARIANTS = (
     ("bf16, XLA attention, no remat", "bfloat16", "xla", "none"),
     ("bf16, auto attention, no remat", "bfloat16", "auto", "none"),
     ("bf16, auto attention, remat dots", "bfloat16", "auto", "dots"),
-    ("old path: float32, XLA attention, no remat", "float32", "xla", "none"),
+    ("float32, XLA attention, no remat", "float32", "xla", "none"),
     ("bf16, auto attention, remat blocks", "bfloat16", "auto", "blocks"),
 )
 
@@ -205,66 +203,40 @@ def random_batch(config, mesh, text_dim: int = 384) -> dict:
   return sharding.global_batch(mesh, local)
 
 
-def train_step(config, repeats, peak, old=True):
+def train_step(config, repeats, peak):
   """The step from cached latents (random: the cost does not depend on the
-  values), and (``old``) the old step with the encoder in it, on random
-  pixels with the same text."""
-  from bidigen import models, sharding, train
-  from bidigen.models import taef2
+  values)."""
+  from bidigen import models, train
   config, mesh = train_setup(config)
   trainer = train.Trainer(config, mesh, text_dim=384)
   b, r = config.train.batch_size, config.data.resolution
-  t = config.data.num_frames
   cached = random_batch(config, mesh)
   key = jax.random.key(1)
   holder = {"state": trainer.init(jax.random.key(0))}
   n_flops = flops(trainer.step, holder["state"], cached, key)
   lat = models.latent_shape(r)
-  results = {}
-  runs = [("from cached latents", trainer.step, cached)]
-  if old:
-    ae = taef2.load()
 
-    def old_step(state, batch, rng):  # What the step did before the cache.
-      lat = taef2.encode(ae, batch["video"].astype(jnp.float32) / 255)
-      return trainer.step_fn(state, dict(batch, latents=lat), rng)
-    video = np.random.default_rng(0).integers(0, 255, (b, t, r, r, 3),
-                                              dtype=np.uint8)
-    pixels = {k: v for k, v in cached.items() if k != "latents"}
-    pixels.update(sharding.global_batch(mesh, {"video": video}))
-    runs.append(("old, encoder in the step",
-                 jax.jit(old_step, donate_argnums=0), pixels))
-  faults = None
-  for name, fn, batch in runs:
-    def step():
-      holder["state"], m = fn(holder["state"], batch, key)
-      return m
-    results[name] = timed(step, repeats)
-    if faults is None:  # One more step: the pages it faults in.
-      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      jax.block_until_ready(step())
-      faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-  sec = results["from cached latents"]
+  def step():
+    holder["state"], m = trainer.step(holder["state"], cached, key)
+    return m
+  sec = timed(step, repeats)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  jax.block_until_ready(step())  # One more: the pages a step faults in.
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
   print(f"train step from cached latents (batch {b}, {r}px -> latents "
         f"{lat}, window {config.model.window}): {sec:.3f} s/step = "
         f"{1 / sec:.2f} steps/s; {n_flops / 1e9:.1f} GFLOP/step -> "
         f"{n_flops / sec / 1e9:.1f} GFLOP/s = "
         f"{100 * n_flops / sec / 1e9 / peak:.0f}% of the matmul peak; "
         f"{faults} page faults a step")
-  if not old:
-    return
-  old_sec = results["old, encoder in the step"]
-  print(f"old train step, TAEF2 encoding the {t}-frame clips inside it: "
-        f"{old_sec:.3f} s/step = {1 / old_sec:.2f} steps/s "
-        f"(the cache makes a step {old_sec / sec:.1f}x faster)")
 
 
 def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
   """The embedded model's sampler: compile times (a new length bucket,
   another length in the same bucket, another guidance), then seconds per
   generated frame for ``2 * side + 1`` frames with FLOP/s against the
-  matmul peak, then (``compiles``) 17 frames with guidance 3 and with the
-  old defaults (25 DDIM steps, guidance 3) against the model's defaults.
+  matmul peak, then (``compiles``) 17 frames with guidance 3 against the
+  model's default guidance (when that is 1).
   FLOPs are counted from XLA's cost analysis of one UNet call (one window,
   with its unconditional twin unless guidance is 1) and of TAEF2, times the
   calls the plan makes: the analysis of the whole scanned sampler counts a
@@ -359,10 +331,6 @@ def sampling(checkpoint, repeats, peak, sides=(4, 8, 16, 32), compiles=True):
           f"GFLOP/s = {100 * total3 / sec3 / peak:.0f}% of peak; guidance 1 "
           f"skips the unconditional half: {sec3 / results[8][0]:.2f}x as "
           "fast")
-  old, _, _ = run(8, 3.0, 25, solver="ddim")
-  print(f"17 frames with the old sampling defaults (25 DDIM steps, "
-        f"guidance 3): {old:.2f} s; the defaults now are "
-        f"{old / results[8][0]:.1f}x as fast")
 
 
 def designs(config, checkpoint, repeats):
@@ -562,7 +530,7 @@ def main(argv):
   print(f"peak float32 matmul (best of 20 jitted 2048x2048 a@b): "
         f"{peak:.0f} GFLOP/s")
   if FLAGS.convolution_run:
-    train_step(FLAGS.config, FLAGS.repeats, peak, old=False)
+    train_step(FLAGS.config, FLAGS.repeats, peak)
     sampling(FLAGS.checkpoint, FLAGS.repeats, peak, sides=(8,),
              compiles=False)
     return
