@@ -198,7 +198,7 @@ def random_batch(config, mesh, text_dim: int = 384) -> dict:
            "text_mask": np.ones((b, length), np.float32)}
   h = models.latent_shape(config.data.resolution)[0]
   local["motion"] = rng.normal(size=(b, t, h, h, 2)).astype(np.float32)
-  if config.train.get("flow_weight", 0.0):
+  if config.train.flow_weight:
     local["flows"] = np.zeros((b, t - 1, h, h, 2), np.float32)
   return sharding.global_batch(mesh, local)
 

@@ -278,7 +278,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   if ev.num_clips < 1 or ev.samples_per_clip < 1:
     raise ValueError("config.eval.num_clips and config.eval.samples_per_clip "
                      f"must be >= 1, got {ev.num_clips}, {ev.samples_per_clip}")
-  names = tuple(ev.get("tasks") or TASKS)
+  names = tuple(ev.tasks or TASKS)
   unknown = [t for t in names if t not in TASKS]
   if unknown:
     raise ValueError(f"config.eval.tasks: unknown {', '.join(unknown)}; "
@@ -294,7 +294,7 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
   settings = dict(
       steps=ev.steps or mcfg.sample.steps,
       guidance=mcfg.sample.guidance if ev.guidance is None else ev.guidance,
-      solver=ev.get("solver") or mcfg.sample.solver,
+      solver=ev.solver or mcfg.sample.solver,
       motion_strength=ev.motion_strength)
   run = Run(gen, settings, ev.batch_size, clips, ev.samples_per_clip,
             config.seed, output_resolution=ev.output_resolution)
@@ -314,8 +314,8 @@ def evaluate(config, workdir: str, checkpoint: str | None = None) -> dict:
         data_lib.get_builder(eval_data(config)),
         os.path.join(workdir, "classifier.msgpack"), ev.classifier_steps,
         run.window, config.seed)
-  run.fvd_fn = scoring.fvd_metric(ev.get("fvd", True))
-  run.lpips_fn = scoring.lpips_metric(ev.get("lpips", "alexnet"))
+  run.fvd_fn = scoring.fvd_metric(ev.fvd)
+  run.lpips_fn = scoring.lpips_metric(ev.lpips)
 
   report = {"checkpoint": checkpoint or "embedded default model",
             "num_clips": len(clips), "samples_per_clip": run.samples,

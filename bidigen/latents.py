@@ -88,7 +88,7 @@ def swap_words(caption: str, pairs) -> str:
 def cache_dir(data_config) -> str:
   """Where ``data_config``'s latents live: ``config.data.latents_dir``, or a
   folder named for the dataset under its data_dir."""
-  given = data_config.get("latents_dir", "")
+  given = data_config.latents_dir
   if given:
     return os.path.expanduser(given)
   tag = data_config.get("builder_config") or (
@@ -290,7 +290,7 @@ def encode_one(config, *, overwrite: bool = False,
       config.data, prepare=config.data.name == "bidigen_synthetic")
   source = builder.as_data_source(split="train")
   count = len(source)
-  limit = int(config.data.get("encode_clips", 0) or 0)
+  limit = int(config.data.encode_clips or 0)
   if limit:
     count = min(count, limit)
   text_cfg = config.model.text
@@ -299,8 +299,8 @@ def encode_one(config, *, overwrite: bool = False,
   ae = taef2.load()
   from bidigen import metrics  # OpenCV's DIS flow, on the host.
   from bidigen import motion as motion_lib
-  flows = float(config.train.get("flow_weight", 0.0)) > 0
-  mirrored = float(config.train.get("mirror_prob", 0.0)) > 0
+  flows = float(config.train.flow_weight) > 0
+  mirrored = float(config.train.mirror_prob) > 0
 
   @jax.jit
   def to_latents(video):  # uint8 [B, T, R, R, 3] -> float [B, T, h, w, 32]

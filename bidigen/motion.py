@@ -110,8 +110,8 @@ def latent_stats(model_config) -> tuple[np.ndarray, np.ndarray]:
   """The per-channel mean and std latents are normalised with, which the
   encode step measured on the training data and training saved in the
   model's config."""
-  mean = model_config.get("latent_mean")
-  std = model_config.get("latent_std")
+  mean = model_config.latent_mean
+  std = model_config.latent_std
   if mean is None or std is None:
     raise ValueError("the config has no latent statistics "
                      "(config.model.latent_mean/latent_std): training sets "
