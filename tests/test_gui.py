@@ -355,6 +355,21 @@ def test_server_survives_bad_requests_and_writes_only_its_temp(server,
     client.predict(gradio_client.handle_file(str(heavy)), "x", *settings,
                    api_name="/generate")
 
+  # The request's own rules (sample.request), through the API: a keyframe
+  # on F0, a text file as the video; a prompt of control characters samples.
+  key0 = settings[:8] + [{"path": EXAMPLE}, 0] + settings[10:]
+  kind, msg = _call(url, "generate", [{"path": EXAMPLE}, "x"] + key0)
+  assert kind == "error" and "a keyframe at F+0: F0 is the image" in msg, msg
+  fake = tmp_path / "clip.mp4"
+  fake.write_text("not a video")
+  with pytest.raises(Exception, match="cannot read video"):
+    client.predict(None, "x", *settings[:6],
+                   gradio_client.handle_file(str(fake)),
+                   *settings[7:], api_name="/generate")
+  kind, out = _call(url, "generate", [{"path": EXAMPLE},
+                                      "\x00\x1b[31mred\u202e\n\t"] + settings)
+  assert kind == "complete" and len(out[1]) == BEFORE + 1 + AFTER, out
+
   # Two requests at once, one with a 10k-character prompt: both answered.
   import concurrent.futures
   prompts = ["a red ball moves to the right", "ball " * 2000]

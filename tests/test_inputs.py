@@ -286,3 +286,24 @@ def test_video_frame_out_of_range_writes_nothing(tmp_path, tiny_run):
                checkpoint=tiny_run[0])
   assert one_line(e.value)
   assert sorted(os.listdir(tmp_path)) == ["clip.mp4"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(prompt=st.text(max_size=200))
+def test_any_prompt_text_encodes_to_the_models_text_shape(prompt):
+  """A prompt is any text a user can type or paste: control characters,
+  NUL, escape sequences, right-to-left marks, empty. Each encodes to the
+  one text shape the UNet sees (so the request samples), and a long one
+  is named, not refused."""
+  from bidigen import text
+  from tests.conftest import tiny_text_encoder
+  enc = _ENCODER.setdefault("tiny", text.load_text_encoder(
+      "minilm", tiny_text_encoder(), 16))
+  tokens, mask = enc.encode([prompt, "the camera pans left"])
+  assert tokens.shape[:2] == mask.shape == (2, 16)
+  assert np.isfinite(np.asarray(tokens)).all() and mask[0].sum() >= 2
+  cut = enc.too_long(prompt)
+  assert cut is None or one_line(cut)
+
+
+_ENCODER = {}  # Loaded once for the property test's examples.
