@@ -17,7 +17,13 @@ import sys
 # TFDS imports TensorFlow, whose C++ start-up logs fill a screen; the text
 # encoders load from local folders, and offline the Hugging Face libraries
 # never wait on a network that a TPU pod or a test machine may not have.
-ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1"}
+# imageio-ffmpeg starts ffmpeg (every mp4 written) with a preexec_fn, which
+# runs Python in the forked child of a multithreaded process (JAX, gradio):
+# a GUI server under load hung there, its child stuck on a lock before exec
+# (imageio-ffmpeg #58). Without it ffmpeg shares our process group, so
+# Ctrl-C stops it too; outputs are written to a temporary name anyway.
+ENV_DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1",
+                "IMAGEIO_FFMPEG_NO_PREVENT_SIGINT": "1"}
 
 # XLA:CPU hands convolutions to YNNPACK by default, which runs their filter
 # gradients as convolutions with a whole feature map as the window: 27 % of

@@ -42,6 +42,9 @@ def xla_flags(devices: int = 1) -> str:
 os.environ["XLA_FLAGS"] = process.cpu_convolutions(
     os.environ.get("XLA_FLAGS", xla_flags(8)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# As the entry points set it (bidigen/process.py): no Python between fork
+# and exec when a test process, JAX's threads running, writes an mp4.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The tiny programs most tests run spend more time in XLA's optimiser than
 # in running: a tiny training subprocess took 99 s of CPU with it and 66 s

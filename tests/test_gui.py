@@ -426,7 +426,9 @@ def test_sixteen_requests_from_four_clients_get_their_own_videos(server):
       job = client.submit(gradio_client.handle_file(EXAMPLE), "a red ball",
                           *settings(seed), api_name="/generate")
       ranks = set()
+      deadline = time.time() + 600  # A hung server fails, not blocks.
       while not job.done():
+        assert time.time() < deadline, f"request {seed}: no answer"
         s = job.status()
         if s.code == gradio_client.utils.Status.IN_QUEUE and s.rank:
           ranks.add((s.rank, s.queue_size))

@@ -167,3 +167,29 @@ def test_video_and_folder_outputs(tmp_path):
   os.umask(mask)
   assert os.stat(tmp_path / "v.gif").st_mode & 0o777 == 0o666 & ~mask
   assert os.stat(tmp_path / "f").st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_an_mp4_is_written_with_no_python_between_fork_and_exec(
+    tmp_path, monkeypatch):
+  """ffmpeg starts without a preexec_fn under the entry points' settings
+  (process.ENV_DEFAULTS): Python run in the forked child of a threaded
+  process (JAX, a GUI server) can wait forever on a lock another thread
+  held at the fork, and a GUI server under load hung so."""
+  import subprocess
+  from bidigen import process
+  seen = []
+  real = subprocess.Popen.__init__
+
+  def spy(self, *args, **kwargs):
+    seen.append(kwargs.get("preexec_fn"))
+    real(self, *args, **kwargs)
+  monkeypatch.setattr(subprocess.Popen, "__init__", spy)
+  for name, value in process.ENV_DEFAULTS.items():
+    monkeypatch.setenv(name, value)
+  media.write_output(np.zeros((3, 16, 16, 3), np.uint8), 0,
+                     str(tmp_path / "a.mp4"), fps=8)
+  assert seen and seen == [None] * len(seen)
+  monkeypatch.delenv("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT")
+  media.write_output(np.zeros((3, 16, 16, 3), np.uint8), 0,
+                     str(tmp_path / "b.mp4"), fps=8)
+  assert any(f is not None for f in seen)  # What the setting prevents.
