@@ -127,25 +127,27 @@ for ((i = 0; i < num_processes; i++)); do
   pids+=("$!")
 done
 
-# Process i is pids[i]; a finished one is dropped from running.
+# Process i is pids[i]; running holds the indices of those not yet done.
+# Polled: `wait -n PID...` loses a child that ended before the call (bash
+# reaps it first: "no such job"), which `wait PID` never does.
 status=0
-running=("${pids[@]}")
+running=("${!pids[@]}")
 while ((${#running[@]})); do
-  code=0
-  wait -n -p finished "${running[@]}" || code=$?
-  for ((i = 0; i < num_processes; i++)); do
-    if [[ ${pids[i]} == "$finished" ]]; then done_index=$i; fi
-  done
   left=()
-  for pid in "${running[@]}"; do
-    if [[ $pid != "$finished" ]]; then left+=("$pid"); fi
+  for i in "${running[@]}"; do
+    if kill -0 "${pids[i]}" 2>/dev/null; then left+=("$i"); continue; fi
+    code=0
+    wait "${pids[i]}" || code=$?
+    if ((code && !status)); then
+      printf '%s: process %d on %s exited with %d; stopping the others\n' \
+        "$PROG" "$i" "${host_list[i]}" "$code" >&2
+      status=$code
+    fi
   done
   running=(${left[@]+"${left[@]}"})
-  if ((code && !status)); then
-    printf '%s: process %d on %s exited with %d; stopping the others\n' \
-      "$PROG" "$done_index" "${host_list[done_index]}" "$code" >&2
-    status=$code
-    if ((${#running[@]})); then kill "${running[@]}" 2>/dev/null || true; fi
+  if ((status && ${#running[@]})); then
+    for i in "${running[@]}"; do kill "${pids[i]}" 2>/dev/null || true; done
   fi
+  if ((${#running[@]})); then sleep 0.2; fi
 done
 exit "$status"
