@@ -155,7 +155,7 @@ def keyframe_slots(slots, allowed=None) -> list[tuple[str, int]]:
   ``sample.request`` (which checks the offsets against the frames asked
   for), empty rows skipped; ValueError in words."""
   out = []
-  far = sample.MAX_FRAMES_PER_SIDE + sample.MAX_VIDEO_FRAMES
+  far = sample.MAX_KEYFRAME_OFFSET
   for i, (image, offset) in enumerate(slots, 1):
     path = upload_path(image, allowed)
     if path:

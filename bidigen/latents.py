@@ -290,7 +290,7 @@ def encode_one(config, *, overwrite: bool = False,
       config.data, prepare=config.data.name == "bidigen_synthetic")
   source = builder.as_data_source(split="train")
   count = len(source)
-  limit = int(config.data.encode_clips or 0)
+  limit = int(config.data.encode_clips)
   if limit:
     count = min(count, limit)
   text_cfg = config.model.text

@@ -217,6 +217,10 @@ def parse_keyframe(spec: str) -> tuple[str, int]:
 # the user. A longer video is read up to here, so a 10-minute or 4K file
 # costs no more time or memory than this many frames.
 MAX_VIDEO_FRAMES = 256
+# The farthest a keyframe can be from F0 (a video's frames plus the most
+# frames asked beyond them): offsets are checked against this until the
+# request's own range is known.
+MAX_KEYFRAME_OFFSET = MAX_FRAMES_PER_SIDE + MAX_VIDEO_FRAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,8 +344,8 @@ def run(*, image: str | None, prompt: str, frames_before: int,
                  motion_strength)
   keys = [parse_keyframe(k) for k in keyframes]
   # A video's length is known once it is read; until then, the offsets'
-  # range is not checked.
-  far = MAX_FRAMES_PER_SIDE + MAX_VIDEO_FRAMES
+  # range is checked only against the farthest any request reaches.
+  far = MAX_KEYFRAME_OFFSET
   check_keyframes([o for _, o in keys], far if video else frames_before,
                   far if video else frames_after)
   media.check_output(output, overwrite=overwrite)
